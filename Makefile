@@ -1,0 +1,67 @@
+# The commands a person types. Everything runs from the project's own venv (.venv), created from
+# requirements-lock.txt, against the local stack of real services on 127.0.0.1 (state in .local/).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+STACK := $(BIN)/python -m data_lifecycle.devstack
+WITH_ENV := set -a && . .local/env.sh && set +a &&
+
+.PHONY: help venv lock lint format typecheck test demo airflow bench stack-up stack-down stack-status clean
+
+help:
+	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
+	@echo "make test      ruff, then pytest against the real local stack"
+	@echo "make airflow   the Airflow UI on http://localhost:8080 over the local stack"
+	@echo "make bench     side-by-side benchmarks (results in benchmarks/results/)"
+	@echo "make stack-up | stack-down | stack-status   the local PostgreSQL, S3 and Slack sink"
+	@echo "make lock      re-lock requirements-lock.txt from requirements-dev.in"
+
+$(BIN)/.installed: requirements-lock.txt
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements-lock.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+lock: venv
+	$(BIN)/uv pip compile --quiet --no-header --python-version 3.11 requirements-dev.in -o requirements-lock.txt
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+stack-up: venv
+	$(STACK) up
+
+stack-down: venv
+	$(STACK) down
+
+stack-status: venv
+	$(STACK) status
+
+demo: stack-up
+	$(WITH_ENV) $(BIN)/python -m include.dreamseed.demo
+
+airflow: stack-up
+	$(WITH_ENV) $(BIN)/airflow standalone
+
+bench: stack-up
+	$(WITH_ENV) $(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+clean: stack-down
+	rm -rf .local

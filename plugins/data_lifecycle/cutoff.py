@@ -1,0 +1,71 @@
+"""The one place that turns a run's context into a cutoff timestamp.
+
+``anchor = data_interval_end or dag_run.run_after`` and ``cutoff = anchor - retention``. Never the
+wall clock: a cleared or backfilled run has the same anchor as the first try, so it selects the same
+rows and objects, and a second run of the same interval finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from data_lifecycle.exceptions import LifecycleConfigError
+
+# Retention below this is almost always a mistake (a unit slip, a template rendering to 0).
+DEFAULT_RETENTION_FLOOR = timedelta(days=1)
+
+_DIGITS = re.compile(r"^\s*\d+\s*$")
+
+
+def run_anchor(context: Mapping[str, Any]) -> datetime:
+    """The end of the run's data interval, else its ``run_after`` (manual runs without a date)."""
+    anchor = context.get("data_interval_end")
+    if anchor is None:
+        dag_run = context.get("dag_run")
+        anchor = getattr(dag_run, "run_after", None)
+        if anchor is None and isinstance(dag_run, Mapping):
+            anchor = dag_run.get("run_after")
+    if anchor is None:
+        raise LifecycleConfigError(
+            "Cannot compute a cutoff: the context has neither data_interval_end nor dag_run.run_after."
+        )
+    if isinstance(anchor, str):
+        anchor = datetime.fromisoformat(anchor)
+    if anchor.tzinfo is None:
+        raise LifecycleConfigError(f"Run anchor {anchor!r} has no timezone; refusing to guess one.")
+    return anchor.astimezone(UTC)
+
+
+def parse_retention_days(
+    value: Any, *, field: str = "retention_days", floor: timedelta = DEFAULT_RETENTION_FLOOR
+) -> timedelta:
+    """Validate a retention given in days (an int, or the digit string a template renders to).
+
+    :param value: days to keep; bools, floats, negative numbers and words are refused.
+    :param field: the name used in the error message.
+    :param floor: the smallest retention accepted.
+    """
+    if isinstance(value, bool) or value is None:
+        raise LifecycleConfigError(f"{field} must be a whole number of days, got {value!r}")
+    if isinstance(value, str):
+        if not _DIGITS.match(value):
+            raise LifecycleConfigError(f"{field} must be a whole number of days, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise LifecycleConfigError(f"{field} must be a whole number of days, got {value!r}")
+    retention = timedelta(days=value)
+    if retention < floor or value <= 0:
+        raise LifecycleConfigError(
+            f"{field}={value} is below the floor of {floor.days} day(s); refusing to delete that recent data"
+        )
+    return retention
+
+
+def compute_cutoff(context: Mapping[str, Any], retention: timedelta) -> datetime:
+    """``run_anchor(context) - retention``: rows and objects strictly older than this are due."""
+    if retention <= timedelta(0):
+        raise LifecycleConfigError(f"retention must be positive, got {retention}")
+    return run_anchor(context) - retention

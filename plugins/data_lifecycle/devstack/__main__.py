@@ -1,0 +1,206 @@
+"""The local stack: ``python -m data_lifecycle.devstack up|down|status|env``.
+
+- ``up`` starts PostgreSQL, the moto S3 server and the Slack sink on 127.0.0.1 (each only if it is
+  not already answering), migrates the Airflow metadata database, creates the pools and variables of
+  ``airflow_settings.yaml`` and writes ``.local/env.sh`` with the ``AIRFLOW_CONN_*`` environment.
+  Running it again changes nothing.
+- ``down`` stops only what ``up`` started (it keeps the pid files of its own processes).
+- ``status`` says what answers.
+- ``env`` prints the environment as shell ``export`` lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from data_lifecycle.devstack import postgres
+from data_lifecycle.devstack.settings import (
+    AIRFLOW_DATABASE,
+    DEMO_DATABASE,
+    HOST,
+    S3_PORT,
+    SLACK_PORT,
+    StackPaths,
+    stack_environment,
+)
+
+READY_TIMEOUT_SECONDS = 30
+STARTED_BY_US = "postgres.started"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
+            return resp.status < 500
+    except OSError:
+        return False
+
+
+def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str) -> bool:
+    """Start a background service unless its port already answers; True when we started it."""
+    if _http_ok(ready_url):
+        return False
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    log = (paths.logs / f"{name}.log").open("ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=paths.root)
+    (paths.run / f"{name}.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while not _http_ok(ready_url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start; see {paths.logs / (name + '.log')}")
+        time.sleep(0.2)
+    return True
+
+
+def _stop_process(paths: StackPaths, name: str) -> bool:
+    pidfile = paths.run / f"{name}.pid"
+    if not pidfile.exists():
+        return False
+    pid = int(pidfile.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    pidfile.unlink(missing_ok=True)
+    return True
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _settings_digest(paths: StackPaths) -> str:
+    version = importlib.metadata.version("apache-airflow")
+    data = (paths.root / "airflow_settings.yaml").read_bytes() + version.encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def prepare_airflow(paths: StackPaths, env: dict[str, str]) -> None:
+    """Migrate the metadata DB and load pools/variables, once per settings file and version."""
+    marker = paths.airflow_home / ".prepared"
+    digest = _settings_digest(paths)
+    if marker.exists() and marker.read_text() == digest:
+        return
+    paths.airflow_home.mkdir(parents=True, exist_ok=True)
+    postgres.ensure_database(AIRFLOW_DATABASE)
+    full_env = {**os.environ, **env}
+    subprocess.run([_bin("airflow"), "db", "migrate"], env=full_env, check=True)
+    subprocess.run([sys.executable, "-m", "data_lifecycle.devstack.airflow_meta"], env=full_env, check=True)
+    marker.write_text(digest)
+
+
+def write_env(paths: StackPaths, env: dict[str, str]) -> None:
+    paths.local.mkdir(parents=True, exist_ok=True)
+    lines = [f"export {key}={shlex.quote(value)}" for key, value in sorted(env.items())]
+    paths.env_file.write_text("\n".join(lines) + "\n")
+
+
+def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
+    """Bring the stack up; returns the names of the services this call started."""
+    started: list[str] = []
+    env = stack_environment(paths)
+    write_env(paths, env)
+    if postgres.start(paths):
+        started.append("postgres")
+        (paths.run).mkdir(parents=True, exist_ok=True)
+        (paths.run / STARTED_BY_US).write_text("1")
+    postgres.ensure_database(DEMO_DATABASE)
+    if _start_process(
+        paths,
+        "moto",
+        [_bin("moto_server"), "-H", HOST, "-p", str(S3_PORT)],
+        f"http://{HOST}:{S3_PORT}/moto-api/",
+    ):
+        started.append("moto")
+    if _start_process(
+        paths,
+        "slack_sink",
+        [
+            sys.executable,
+            "-m",
+            "data_lifecycle.devstack.slack_sink",
+            "--port",
+            str(SLACK_PORT),
+            "--out",
+            str(paths.slack_messages),
+        ],
+        f"http://{HOST}:{SLACK_PORT}/",
+    ):
+        started.append("slack_sink")
+    if airflow:
+        prepare_airflow(paths, env)
+    return started
+
+
+def down(paths: StackPaths, only: list[str] | None = None) -> list[str]:
+    """Stop what ``up`` started (or only the named services); returns what was stopped."""
+    stopped = []
+    names = only if only is not None else ["slack_sink", "moto", "postgres"]
+    for name in names:
+        if name == "postgres":
+            marker = paths.run / STARTED_BY_US
+            if marker.exists():
+                postgres.stop(paths)
+                marker.unlink()
+                stopped.append(name)
+        elif _stop_process(paths, name):
+            stopped.append(name)
+    return stopped
+
+
+def status() -> dict[str, bool]:
+    return {
+        "postgres": postgres.is_ready(),
+        "s3 (moto)": _port_open(S3_PORT),
+        "slack sink": _port_open(SLACK_PORT),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_lifecycle.devstack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("--no-airflow", action="store_true", help="up: skip the metadata DB")
+    args = parser.parse_args(argv)
+    paths = StackPaths()
+    if args.command == "up":
+        started = up(paths, airflow=not args.no_airflow)
+        print(f"stack up (started: {', '.join(started) or 'nothing, all were running'})")
+        print(f"environment: . {paths.env_file}")
+    elif args.command == "down":
+        stopped = down(paths)
+        print(f"stack down (stopped: {', '.join(stopped) or 'nothing'})")
+    elif args.command == "status":
+        states = status()
+        for name, ok in states.items():
+            print(f"{name:12} {'up' if ok else 'down'}")
+        return 0 if all(states.values()) else 1
+    else:
+        for key, value in sorted(stack_environment(paths).items()):
+            print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Where the local stack lives and how Airflow finds it.
+
+Everything is derived from the project root and ``airflow_settings.yaml`` (the Astro CLI format),
+so ``astro dev`` and our own stack read the same connections, pools and variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+# Fixed loopback ports of the local stack; airflow_settings.yaml refers to the same ones.
+POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", "55433"))
+S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", "5055"))
+SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", "8765"))
+HOST = "127.0.0.1"
+
+POSTGRES_USER = "lifecycle"
+DEMO_DATABASE = "dreamseed"
+AIRFLOW_DATABASE = "airflow_meta"
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    root: Path = PROJECT_ROOT
+
+    @property
+    def local(self) -> Path:
+        return self.root / ".local"
+
+    @property
+    def run(self) -> Path:
+        return self.local / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.local / "logs"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.local / "pgdata"
+
+    @property
+    def slack_messages(self) -> Path:
+        return self.local / "slack" / "messages.jsonl"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.local / "airflow"
+
+    @property
+    def env_file(self) -> Path:
+        return self.local / "env.sh"
+
+
+@dataclass(frozen=True)
+class AirflowSettings:
+    """The ``airflow:`` section of ``airflow_settings.yaml``."""
+
+    path: Path = PROJECT_ROOT / "airflow_settings.yaml"
+
+    @cached_property
+    def _doc(self) -> dict[str, Any]:
+        with self.path.open(encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh) or {}
+        return doc.get("airflow", {}) or {}
+
+    @property
+    def connections(self) -> list[dict[str, Any]]:
+        return list(self._doc.get("connections") or [])
+
+    @property
+    def pools(self) -> list[dict[str, Any]]:
+        return list(self._doc.get("pools") or [])
+
+    @property
+    def variables(self) -> list[dict[str, Any]]:
+        return list(self._doc.get("variables") or [])
+
+
+def connection_json(conn: dict[str, Any]) -> str:
+    """Render one Astro-format connection as the JSON form of ``AIRFLOW_CONN_<ID>``."""
+    mapping = {
+        "conn_type": "conn_type",
+        "conn_host": "host",
+        "conn_schema": "schema",
+        "conn_login": "login",
+        "conn_password": "password",
+        "conn_port": "port",
+    }
+    out: dict[str, Any] = {}
+    for src, dst in mapping.items():
+        value = conn.get(src)
+        if value not in (None, ""):
+            out[dst] = value
+    extra = conn.get("conn_extra")
+    if isinstance(extra, str) and extra.strip():
+        extra = json.loads(extra)
+    if extra:
+        out["extra"] = extra
+    return json.dumps(out, sort_keys=True)
+
+
+def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
+    """Environment variables that point Airflow and our code at the local stack."""
+    paths = paths or StackPaths()
+    settings = AirflowSettings(paths.root / "airflow_settings.yaml")
+    env = {
+        "AIRFLOW_HOME": str(paths.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(paths.root / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(paths.root / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": (
+            f"postgresql+psycopg://{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{AIRFLOW_DATABASE}"
+        ),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.airflow_home / "logs"),
+        "AIRFLOW__API__BASE_URL": "http://localhost:8080",
+        "LIFECYCLE_SLACK_MESSAGES": str(paths.slack_messages),
+        # The local S3 endpoint for boto3 clients that are not built from a connection (benchmarks).
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "PYTHONPATH": os.pathsep.join([str(paths.root / "plugins"), str(paths.root)]),
+    }
+    for conn in settings.connections:
+        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(conn)
+    return env

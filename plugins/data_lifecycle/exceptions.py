@@ -1,0 +1,25 @@
+"""Errors with messages that tell an on-call engineer what is wrong and what was left untouched."""
+
+from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class LifecycleError(AirflowException):
+    """Base class of every error raised by this package."""
+
+
+class LifecycleConfigError(LifecycleError):
+    """A policy, parameter or name is invalid. Raised before anything is written or deleted."""
+
+
+class GuardrailTripped(LifecycleError):
+    """A safety limit (share of a table, object count, in-retention rows) refused the run."""
+
+
+class VerificationFailed(LifecycleError):
+    """A copy or archive could not be verified, so its source was kept."""
+
+
+class LockTimeoutExhausted(LifecycleError):
+    """Batches kept timing out on locks held by other sessions; the run stopped within budget."""

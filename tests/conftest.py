@@ -1,0 +1,169 @@
+"""Shared fixtures: the real local stack (PostgreSQL, moto S3 server, Slack sink) and per-test state.
+
+Each test that touches PostgreSQL gets a database of its own, created from a template with the
+DreamSeed schema, so tests never see each other's rows (and can run while a demo is loaded).
+Each S3 test gets buckets with unique names. The environment that points Airflow at the stack is
+set before anything imports Airflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from data_lifecycle.devstack.settings import (
+    HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    S3_PORT,
+    StackPaths,
+    stack_environment,
+)
+
+PATHS = StackPaths()
+os.environ.update(stack_environment(PATHS))
+
+import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
+
+from data_lifecycle.devstack import __main__ as devstack  # noqa: E402
+
+TEMPLATE_DB = "dreamseed_test_template"
+SCHEMA_SQL = PATHS.root / "include" / "sql" / "dreamseed_schema.sql"
+# Serialises template creation between concurrent pytest processes.
+TEMPLATE_LOCK_KEY = 7_346_001
+
+
+def admin_connect(dbname: str = "postgres") -> psycopg.Connection[Any]:
+    return psycopg.connect(host=HOST, port=POSTGRES_PORT, user=POSTGRES_USER, dbname=dbname, autocommit=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def local_stack() -> Iterator[StackPaths]:
+    """Start whatever part of the stack is not running; stop only that at the end."""
+    started = devstack.up(PATHS)
+    yield PATHS
+    devstack.down(PATHS, only=started)
+
+
+def _ensure_template() -> None:
+    """(Re)build the template database when the schema file changed."""
+    digest = hashlib.sha256(SCHEMA_SQL.read_bytes()).hexdigest()[:16]
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (TEMPLATE_DB,),
+            ).fetchone()
+            if row and row[0] == digest:
+                return
+            if row:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+            with admin_connect(TEMPLATE_DB) as tconn:
+                tconn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(TEMPLATE_DB), sql.Literal(digest)
+                )
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+@pytest.fixture
+def pg_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database with the DreamSeed schema (no rows); ``lifecycle_postgres`` points at it."""
+    _ensure_template()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+                )
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+    conn_json = json.dumps(
+        {
+            "conn_type": "postgres",
+            "host": HOST,
+            "port": POSTGRES_PORT,
+            "login": POSTGRES_USER,
+            "schema": name,
+        }
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", conn_json)
+    yield name
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg(pg_database: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test's own database, for setup and assertions."""
+    with admin_connect(pg_database) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def s3_client(local_stack: StackPaths) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=f"http://{HOST}:{S3_PORT}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def make_bucket(s3_client: Any) -> Callable[..., str]:
+    """Create a bucket with a unique name: ``make_bucket("logs", versioned=True)``."""
+
+    def _make(stem: str = "b", *, versioned: bool = False, object_lock: bool = False) -> str:
+        name = f"{stem}-{uuid.uuid4().hex[:10]}".lower()
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if object_lock:
+            kwargs["ObjectLockEnabledForBucket"] = True
+        s3_client.create_bucket(**kwargs)
+        if versioned:
+            s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    return _make
+
+
+class SlackSink:
+    """Reads what the Slack sink received since the test started."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def messages(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        with self.path.open(encoding="utf-8") as fh:
+            fh.seek(self.offset)
+            return [json.loads(line) for line in fh if line.strip()]
+
+    def texts(self) -> list[str]:
+        return [json.dumps(m["body"]) for m in self.messages()]
+
+
+@pytest.fixture
+def slack_sink(local_stack: StackPaths) -> SlackSink:
+    return SlackSink(local_stack.slack_messages)
