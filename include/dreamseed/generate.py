@@ -100,7 +100,8 @@ def create_progress_partitions(conn: psycopg.Connection[Any], first: datetime, l
 
 
 def load_postgres(conn: psycopg.Connection[Any], anchor: datetime, sizes: Sizes) -> None:
-    """Fill the DreamSeed tables. Truncates them first, so a reload gives the same shape."""
+    """Fill the DreamSeed tables. Empties them first (partitions too), so a reload gives the same shape."""
+    conn.execute("DROP TABLE IF EXISTS app.student_progress CASCADE")
     apply_schema(conn)
     conn.execute(
         "TRUNCATE app.sessions, app.user_uploads, app.app_logs, app.student_progress, "
@@ -175,13 +176,25 @@ def _body(size: int, seed: int) -> bytes:
     return gzip.compress(raw, compresslevel=1) if seed % 2 else raw
 
 
+def empty_bucket(s3: Any, bucket: str) -> None:
+    """Remove every object version, delete marker and lifecycle rule of a demo bucket."""
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        doomed = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in (*page.get("Versions", []), *page.get("DeleteMarkers", []))
+        ]
+        for start in range(0, len(doomed), 1000):
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed[start : start + 1000], "Quiet": True})
+    s3.delete_bucket_lifecycle(Bucket=bucket)
+
+
 def load_s3(s3: Any, sizes: Sizes) -> None:
-    """Create the demo buckets and objects (LastModified is the time of this upload)."""
+    """Create the demo buckets afresh with objects (LastModified is the time of this upload)."""
     for bucket in BUCKETS:
         try:
             s3.create_bucket(Bucket=bucket)
         except s3.exceptions.BucketAlreadyOwnedByYou:
-            pass
+            empty_bucket(s3, bucket)
     for i in range(sizes.log_objects):
         key = f"app/2026/{i % 12 + 1:02d}/{i % 28 + 1:02d}/dreamseed-{i:05d}.log.gz"
         s3.put_object(Bucket=LOGS_BUCKET, Key=key, Body=_body(64 * 1024 + i * 97, i))

@@ -1,0 +1,172 @@
+"""Retries, timeouts, Slack failure notices, deadline alerts and the kill switch, shared by every DAG.
+
+Wired in once here so that each DAG file only says ``default_args=lifecycle_default_args(...)`` and
+``deadline=deadline_alert(...)``. Everything uses Airflow's own mechanisms: task retries with
+exponential backoff, ``execution_timeout``, a task-level ``on_failure_callback`` built on the slack
+provider's ``SlackWebhookNotifier``, and ``DeadlineAlert`` with an ``AsyncCallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+from airflow.sdk import (
+    AsyncCallback,
+    DeadlineAlert,
+    DeadlineReference,
+    ExceptionRetryPolicy,
+    RetryAction,
+    RetryRule,
+)
+
+from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
+
+log = logging.getLogger(__name__)
+
+OWNER = "data-platform"
+SLACK_CONN_ID = "slack_alerts"
+KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
+
+# Every DAG's tags come from this set (the integrity test enforces it).
+APPROVED_TAGS = frozenset(
+    {"lifecycle", "postgres", "s3", "archive", "partitions", "maintenance", "erasure", "compliance"}
+)
+
+# How long one task may run, by the kind of work it does.
+EXECUTION_TIMEOUTS: Mapping[str, timedelta] = {
+    "postgres_delete": timedelta(hours=2),
+    "postgres_ddl": timedelta(minutes=30),
+    "vacuum": timedelta(hours=3),
+    "s3": timedelta(hours=3),
+    "report": timedelta(minutes=10),
+}
+
+# A message that is true whether the run is still going or already failed: a deadline is
+# cancelled only by success in time, so it also fires for runs that failed early.
+FAILURE_TEXT = (
+    ":red_circle: *{{ dag.dag_id }}* task `{{ ti.task_id }}` failed (try {{ ti.try_number }})\n"
+    "Run: `{{ run_id }}` (run after {{ dag_run.run_after }})\n"
+    "Error: {{ exception | string | truncate(400) }}\n"
+    "Log: {{ ti.log_url }}"
+)
+DEADLINE_TEXT = (
+    ":hourglass: *{{ dag_run.dag_id }}* run `{{ dag_run.dag_run_id }}` has not succeeded "
+    "__INTERVAL__ after it was queued (deadline {{ deadline.deadline_time }}). "
+    "It is still running or has failed: check the run and clear failed tasks."
+)
+
+# Wrong configuration or a tripped guardrail will not fix itself: fail at once instead of retrying.
+NO_RETRY_POLICY = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=[LifecycleConfigError, GuardrailTripped],
+            action=RetryAction.FAIL,
+            reason="configuration or guardrail errors do not go away on retry",
+        )
+    ]
+)
+
+
+class SlackFailureNotice:
+    """``on_failure_callback`` that posts one Slack message per failed try.
+
+    A notifier renders its templates in place, so it builds a fresh ``SlackWebhookNotifier`` for
+    every call. A Slack outage is logged and never changes the task's own outcome.
+
+    :param slack_conn_id: the ``slackwebhook`` connection to post to.
+    """
+
+    def __init__(self, slack_conn_id: str = SLACK_CONN_ID) -> None:
+        self.slack_conn_id = slack_conn_id
+
+    def __call__(self, context: Any) -> None:
+        notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=FAILURE_TEXT)
+        try:
+            notifier(context)
+        except Exception:
+            log.exception("Could not post the failure notice to Slack (%s)", self.slack_conn_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SlackFailureNotice) and other.slack_conn_id == self.slack_conn_id
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.slack_conn_id))
+
+
+def lifecycle_default_args(
+    task_kind: str,
+    *,
+    retries: int = 3,
+    retry_delay: timedelta = timedelta(minutes=5),
+    max_retry_delay: timedelta = timedelta(hours=1),
+    slack_conn_id: str = SLACK_CONN_ID,
+) -> dict[str, Any]:
+    """``default_args`` for a lifecycle DAG whose tasks do ``task_kind`` work.
+
+    :param task_kind: a key of ``EXECUTION_TIMEOUTS``.
+    :param retries: retries per task (at least 2 for scheduled cleanup).
+    :param retry_delay: first retry delay; doubled on each retry up to ``max_retry_delay``.
+    :param max_retry_delay: cap of the exponential backoff.
+    :param slack_conn_id: where failure notices go.
+    """
+    if task_kind not in EXECUTION_TIMEOUTS:
+        raise LifecycleConfigError(f"Unknown task kind {task_kind!r}; known: {sorted(EXECUTION_TIMEOUTS)}")
+    return {
+        "owner": OWNER,
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": max_retry_delay,
+        "retry_policy": NO_RETRY_POLICY,
+        "execution_timeout": EXECUTION_TIMEOUTS[task_kind],
+        "on_failure_callback": SlackFailureNotice(slack_conn_id),
+    }
+
+
+def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -> DeadlineAlert:
+    """A Slack alert when a run has not succeeded ``interval`` after it was queued.
+
+    ``DAGRUN_QUEUED_AT`` (not the logical date) so manual runs without a logical date get one too.
+    The callback runs in the triggerer, so it is the provider's notifier class, importable there.
+    """
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=interval,
+        callback=AsyncCallback(
+            SlackWebhookNotifier,
+            kwargs={
+                "slack_webhook_conn_id": slack_conn_id,
+                "text": DEADLINE_TEXT.replace("__INTERVAL__", _human(interval)),
+            },
+        ),
+    )
+
+
+def kill_switch_guard(context: Any) -> None:
+    """``pre_execute`` hook of destructive tasks: skip them while the kill switch is off.
+
+    The switch is the Airflow Variable ``lifecycle_destructive_enabled``; a missing variable means
+    enabled. Dry runs change nothing and always proceed.
+    """
+    from airflow.sdk import Variable
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    params = context.get("params") or {}
+    if params.get("dry_run"):
+        return
+    value = Variable.get(KILL_SWITCH_VARIABLE, default="true")
+    if str(value).strip().lower() in {"false", "0", "off", "no"}:
+        log.warning("Kill switch %s=%s: skipping destructive task", KILL_SWITCH_VARIABLE, value)
+        raise AirflowSkipException(f"Kill switch {KILL_SWITCH_VARIABLE} is off; nothing was changed")
+
+
+def _human(interval: timedelta) -> str:
+    minutes = int(interval.total_seconds() // 60)
+    if minutes % 60 == 0:
+        hours = minutes // 60
+        return f"{hours} hour{'s' if hours != 1 else ''}"
+    return f"{minutes} minutes"

@@ -1,0 +1,229 @@
+"""What every lifecycle DAG shares: DAG arguments, Params, table assets and the run summary task.
+
+A DAG file calls ``lifecycle_dag_kwargs(...)`` for its ``@dag`` arguments, wires one task per
+policy target, and ends with ``run_summary(...)``, which runs whatever happened upstream
+(``all_done``), reports every target, records it in the audit table, posts the optional success
+summary to Slack, and fails the run if any target failed, so a run is never green with residue left.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, Param, task
+
+from data_lifecycle.alerts import APPROVED_TAGS, deadline_alert, kill_switch_guard, lifecycle_default_args
+from data_lifecycle.exceptions import LifecycleConfigError
+from data_lifecycle.policy import Policy
+
+log = logging.getLogger(__name__)
+
+# Every lifecycle DAG's first possible run; schedules never catch up before deployment.
+START_DATE = datetime(2026, 1, 1, tzinfo=UTC)
+AUDIT_TABLE = "app.cleanup_audit"
+# Pools declared in airflow_settings.yaml (created by the local stack and by `astro dev`).
+POSTGRES_POOL = "lifecycle_postgres_heavy"
+S3_POOL = "lifecycle_s3_writes"
+FAILED_STATES = frozenset({"failed", "upstream_failed"})
+
+
+def table_asset(conn_id: str, table: str) -> Asset:
+    """The asset a delete task emits when it changed ``table``; the vacuum DAG is scheduled on it."""
+    return Asset(name=f"{conn_id}:{table}", uri=f"lifecycle-table://{conn_id}/{table}")
+
+
+def lifecycle_params(*, retention_floor_days: int | None) -> dict[str, Param]:
+    """Params for manual runs: a dry run switch and, where it makes sense, a bounded retention."""
+    params = {
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Count and log what would be removed; change nothing.",
+        ),
+    }
+    if retention_floor_days is not None:
+        params["retention_days"] = Param(
+            None,
+            type=["null", "integer"],
+            minimum=retention_floor_days,
+            title="Retention override (days)",
+            description=f"Keep this many days instead of the policy's (at least {retention_floor_days}).",
+        )
+    return params
+
+
+def retention_template(policy_days: int) -> str:
+    """Templated retention: the run's override if given, else the policy's value."""
+    return f"{{{{ params.retention_days if params.retention_days is not none else {policy_days:d} }}}}"
+
+
+def lifecycle_dag_kwargs(
+    policy: Policy,
+    *,
+    dag_id: str,
+    tags: Sequence[str],
+    task_kind: str,
+    doc_md: str | None,
+    retention_override: bool = True,
+) -> dict[str, Any]:
+    """Keyword arguments for ``@dag`` (all but ``schedule``, which each DAG states itself)."""
+    unknown = set(tags) - APPROVED_TAGS
+    if unknown:
+        raise LifecycleConfigError(f"{dag_id}: tags {sorted(unknown)} are not in the approved set")
+    settings = policy.dag(dag_id)
+    return {
+        "dag_id": dag_id,
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": list(tags),
+        "doc_md": doc_md,
+        "render_template_as_native_obj": True,
+        "default_args": lifecycle_default_args(
+            task_kind,
+            retries=settings.retries,
+            retry_delay=timedelta(seconds=settings.retry_delay_seconds),
+            max_retry_delay=timedelta(seconds=settings.max_retry_delay_seconds),
+            slack_conn_id=policy.slack_conn_id,
+        ),
+        "deadline": deadline_alert(
+            timedelta(minutes=settings.deadline_minutes), slack_conn_id=policy.slack_conn_id
+        ),
+        "params": lifecycle_params(
+            retention_floor_days=settings.retention_floor_days if retention_override else None
+        ),
+    }
+
+
+def destructive(**kwargs: Any) -> dict[str, Any]:
+    """Task arguments of a task that deletes: the kill switch runs before it."""
+    return {"pre_execute": kill_switch_guard, **kwargs}
+
+
+def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
+    """The final task: report every target, audit it, optionally post to Slack, fail on failures."""
+
+    @task(task_id="run_summary", trigger_rule="all_done", retries=0)
+    def summarize(**context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        run_id = context["run_id"]
+        states = _task_states(dag_id, run_id, list(target_task_ids))
+        results: dict[str, Any] = {}
+        for task_id in target_task_ids:
+            results[task_id] = {
+                "state": states.get(task_id, "unknown"),
+                "result": ti.xcom_pull(task_ids=task_id),
+            }
+        for task_id, entry in results.items():
+            log.info("%s: %s %s", task_id, entry["state"], json.dumps(entry["result"], default=str))
+        _write_audit(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
+        failed = sorted(t for t, e in results.items() if e["state"] in FAILED_STATES)
+        settings = policy.dag(dag_id)
+        if settings.notify_success and not failed:
+            _post_summary(policy, dag_id, run_id, results)
+        if failed:
+            raise RuntimeError(f"{len(failed)} target(s) failed: {', '.join(failed)}")
+        return results
+
+    return summarize()
+
+
+def _task_states(dag_id: str, run_id: str, task_ids: list[str]) -> dict[str, str]:
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    by_run = RuntimeTaskInstance.get_task_states(dag_id=dag_id, task_ids=task_ids, run_ids=[run_id])
+    return {task_id: str(state) for task_id, state in (by_run.get(run_id) or {}).items()}
+
+
+def _write_audit(policy: Policy, *, dag_id: str, run_id: str, results: dict[str, Any], context: Any) -> None:
+    """One audit row per target that ran, in the database the policy cleans."""
+    rows = []
+    for task_id, entry in results.items():
+        summary = entry["result"]
+        if not isinstance(summary, dict):
+            continue
+        rows.append(
+            (
+                dag_id,
+                run_id,
+                task_id,
+                str(summary.get("table") or summary.get("bucket") or task_id),
+                _action(summary),
+                summary.get("cutoff"),
+                int(summary.get("deleted") or summary.get("objects") or summary.get("dropped_count") or 0),
+                json.dumps(summary, default=str),
+            )
+        )
+    if not rows:
+        return
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id=policy.postgres_conn_id)
+    with hook.get_conn() as conn, conn.cursor() as cur:
+        cur.executemany(
+            f"INSERT INTO {AUDIT_TABLE} (dag_id, run_id, task_id, target, action, cutoff, "
+            "rows_affected, summary) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
+            rows,
+        )
+
+
+def _action(summary: dict[str, Any]) -> str:
+    if summary.get("dry_run"):
+        return "dry_run"
+    if summary.get("archived_files") or summary.get("storage_class"):
+        return "archive"
+    return "delete"
+
+
+def _post_summary(policy: Policy, dag_id: str, run_id: str, results: dict[str, Any]) -> None:
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    lines = [f":white_check_mark: *{dag_id}* run `{run_id}` finished"]
+    for task_id, entry in results.items():
+        summary = entry["result"] if isinstance(entry["result"], dict) else {}
+        count = summary.get("deleted", summary.get("objects", "-"))
+        lines.append(f"• `{task_id}`: {entry['state']}, {count} removed")
+    try:
+        SlackWebhookHook(slack_webhook_conn_id=policy.slack_conn_id).send(text="\n".join(lines))
+    except Exception:
+        log.exception("Could not post the run summary to Slack")
+
+
+def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
+    """``PostgresBatchedDeleteOperator`` arguments for a policy ``TableRule``."""
+    kwargs: dict[str, Any] = {
+        "task_id": f"delete_{rule.id}",
+        "postgres_conn_id": policy.postgres_conn_id,
+        "table": rule.table,
+        "timestamp_column": rule.timestamp_column,
+        "retention_days": retention_template(rule.retention_days),
+        "children": [{"table": c.table, "column": c.column} for c in rule.children],
+        "target_batch_seconds": rule.batch.target_seconds,
+        "min_batch_size": rule.batch.min_size,
+        "max_batch_size": rule.batch.max_size,
+        "sleep_between_batches": rule.batch.sleep_seconds,
+        "lock_timeout_ms": rule.batch.lock_timeout_ms,
+        "statement_timeout_ms": rule.batch.statement_timeout_ms,
+        "max_rows": rule.max_rows,
+        "max_delete_fraction": rule.max_delete_fraction,
+        "allow_large_delete": rule.allow_large_delete,
+        "dry_run": "{{ params.dry_run }}",
+        "outlets": [
+            table_asset(policy.postgres_conn_id, t) for t in (*(c.table for c in rule.children), rule.table)
+        ],
+        "pool": POSTGRES_POOL,
+    }
+    if rule.max_runtime_minutes:
+        kwargs["max_runtime"] = timedelta(minutes=rule.max_runtime_minutes)
+    if rule.archive is not None:
+        kwargs["archive"] = {
+            "bucket": rule.archive.bucket,
+            "prefix": rule.archive.prefix,
+            "aws_conn_id": policy.aws_conn_id,
+        }
+    return destructive(**kwargs)

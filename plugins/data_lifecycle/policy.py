@@ -1,0 +1,547 @@
+"""The retention policy: one YAML file, loaded into frozen dataclasses and validated at parse time.
+
+Every cleanup target of every DAG is declared in ``include/policies/lifecycle.yaml`` (or the file
+named by ``LIFECYCLE_POLICY_FILE``). Adding a table to a cleanup is a YAML change. A bad policy
+raises ``LifecycleConfigError`` naming the file, the rule and the field, so the DAG file that loads
+it shows up as an import error in the Airflow UI and in the integrity test. Loading reads one small
+file and touches no database or network: milliseconds at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_lifecycle.exceptions import LifecycleConfigError
+
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "include" / "policies" / "lifecycle.yaml"
+POLICY_FILE_ENV = "LIFECYCLE_POLICY_FILE"
+
+# Plain, unquoted PostgreSQL identifiers only: no quotes, spaces, semicolons or look-alike letters.
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+QUALIFIED_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# S3 bucket naming rules (3-63 chars, lowercase letters, digits, dots, hyphens).
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ARCHIVE_STORAGE_CLASSES = ("GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
+PARTITION_MODES = ("drop", "archive_schema", "s3")
+
+_MISSING: Any = object()
+
+
+class _Fields:
+    """Reads one mapping of the policy, naming file, rule and field in every error."""
+
+    def __init__(self, raw: Any, where: str, source: str) -> None:
+        self.where = where
+        self.source = source
+        if not isinstance(raw, Mapping):
+            self.fail(None, f"must be a mapping, got {type(raw).__name__}")
+        self.raw = dict(raw)
+        self.seen: set[str] = set()
+
+    def fail(self, key: str | None, problem: str) -> None:
+        at = f"{self.where}, field '{key}'" if key else self.where
+        raise LifecycleConfigError(f"Invalid policy {self.source}: {at}: {problem}")
+
+    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        self.seen.add(key)
+        if key not in self.raw or self.raw[key] is None:
+            if default is _MISSING:
+                self.fail(key, "is required")
+            return default
+        value = self.raw[key]
+        kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
+        # bool is an int in Python; a YAML `yes` must not pass as a number of days.
+        if isinstance(value, bool) and bool not in kinds_t:
+            self.fail(key, f"must be {self._names(kinds_t)}, got {value!r}")
+        if not isinstance(value, kinds_t):
+            self.fail(key, f"must be {self._names(kinds_t)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive_int(self, key: str, default: Any = _MISSING, *, minimum: int = 1) -> Any:
+        value = self.get(key, int, default)
+        if value is not None and value is not default and value < minimum:
+            self.fail(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def positive_number(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.get(key, (int, float), default)
+        if value is not None and value is not default and value <= 0:
+            self.fail(key, f"must be positive, got {value}")
+        return value
+
+    def table(self, key: str) -> str:
+        value = self.get(key, str)
+        if not QUALIFIED_TABLE.match(value):
+            self.fail(key, f"must be a plain 'schema.table' name, got {value!r}")
+        return str(value)
+
+    def identifier(self, key: str, default: Any = _MISSING) -> Any:
+        value = self.get(key, str, default)
+        if value is not None and value is not default and not IDENTIFIER.match(value):
+            self.fail(key, f"must be a plain column name, got {value!r}")
+        return value
+
+    def bucket(self, key: str) -> str:
+        value = self.get(key, str)
+        if not BUCKET_NAME.match(value):
+            self.fail(key, f"is not a valid S3 bucket name: {value!r}")
+        return str(value)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
+        value = self.get(key, str, default)
+        if value not in choices and value is not default:
+            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.raw) - self.seen)
+        if unknown:
+            self.fail(unknown[0], f"is not a known field (known: {', '.join(sorted(self.seen))})")
+
+    @staticmethod
+    def _names(kinds: tuple[type, ...]) -> str:
+        names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+        names.update({list: "a list", dict: "a mapping"})
+        return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+@dataclass(frozen=True)
+class ArchiveTarget:
+    """Where rows or objects are copied before they are deleted."""
+
+    bucket: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class ChildTable:
+    """A table whose rows reference the target's key and go first, in the same transaction."""
+
+    table: str
+    column: str
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    target_seconds: float = 0.5
+    min_size: int = 100
+    max_size: int = 50_000
+    sleep_seconds: float = 0.0
+    lock_timeout_ms: int = 2_000
+    statement_timeout_ms: int = 60_000
+
+
+@dataclass(frozen=True)
+class TableRule:
+    """A batched delete: rows of ``table`` whose ``timestamp_column`` is older than the retention."""
+
+    id: str
+    table: str
+    timestamp_column: str
+    retention_days: int
+    children: tuple[ChildTable, ...] = ()
+    archive: ArchiveTarget | None = None
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    max_runtime_minutes: int | None = None
+    max_rows: int | None = None
+    max_delete_fraction: float = 0.5
+    allow_large_delete: bool = False
+
+
+@dataclass(frozen=True)
+class PartitionRule:
+    """Monthly partitions of a range-partitioned table: premake ahead, drop past retention."""
+
+    id: str
+    table: str
+    retention_months: int
+    premake_months: int = 3
+    mode: str = "drop"
+    archive_schema: str = "archive"
+    archive: ArchiveTarget | None = None
+
+
+@dataclass(frozen=True)
+class ExpiryRule:
+    """S3 objects under ``prefix`` older than the retention are deleted."""
+
+    id: str
+    bucket: str
+    prefix: str
+    retention_days: int
+    include_versions: bool = False
+    max_objects: int = 100_000
+    allow_whole_bucket: bool = False
+
+
+@dataclass(frozen=True)
+class ObjectArchiveRule:
+    """S3 objects older than the retention are copied to a colder bucket, verified, then deleted."""
+
+    id: str
+    source_bucket: str
+    source_prefix: str
+    dest_bucket: str
+    dest_prefix: str | None
+    storage_class: str
+    retention_days: int
+
+
+@dataclass(frozen=True)
+class BucketTiers:
+    """Lifecycle rules (storage tiers) owned by us on one bucket."""
+
+    id: str
+    bucket: str
+    rules: tuple[Mapping[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class VacuumSettings:
+    schemas: tuple[str, ...] = ("public",)
+    tables: tuple[str, ...] = ()
+    dead_tuple_threshold: int = 1_000
+    scale_factor: float = 0.05
+
+
+@dataclass(frozen=True)
+class DagSettings:
+    """Run behaviour of one DAG: deadline, retries, Slack success summary."""
+
+    deadline_minutes: int = 120
+    retries: int = 3
+    retry_delay_seconds: int = 300
+    max_retry_delay_seconds: int = 3_600
+    notify_success: bool = False
+    retention_floor_days: int = 1
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str
+    postgres_conn_id: str
+    aws_conn_id: str
+    slack_conn_id: str
+    dags: Mapping[str, DagSettings]
+    expired_sessions: tuple[TableRule, ...]
+    app_logs: tuple[TableRule, ...]
+    soft_deleted: tuple[TableRule, ...]
+    partitions: tuple[PartitionRule, ...]
+    s3_expiry: tuple[ExpiryRule, ...]
+    storage_tiers: tuple[BucketTiers, ...]
+    object_archives: tuple[ObjectArchiveRule, ...]
+    vacuum: VacuumSettings
+
+    def dag(self, dag_id: str) -> DagSettings:
+        return self.dags.get(dag_id, self.dags.get("default", DagSettings()))
+
+    def tables_with_deletes(self) -> tuple[str, ...]:
+        """Every table a delete DAG changes: the assets the vacuum DAG is scheduled on."""
+        tables: list[str] = []
+        for rule in (*self.expired_sessions, *self.app_logs, *self.soft_deleted):
+            for name in (*(c.table for c in rule.children), rule.table):
+                if name not in tables:
+                    tables.append(name)
+        return tuple(tables)
+
+
+def _archive(raw: Any, where: str, source: str) -> ArchiveTarget | None:
+    if raw is None:
+        return None
+    f = _Fields(raw, f"{where} archive", source)
+    target = ArchiveTarget(bucket=f.bucket("bucket"), prefix=f.get("prefix", str, "").strip("/"))
+    f.done()
+    return target
+
+
+def _batch(raw: Any, where: str, source: str) -> BatchSettings:
+    if raw is None:
+        return BatchSettings()
+    f = _Fields(raw, f"{where} batch", source)
+    d = BatchSettings()
+    settings = BatchSettings(
+        target_seconds=float(f.positive_number("target_seconds", d.target_seconds)),
+        min_size=f.positive_int("min_size", d.min_size),
+        max_size=f.positive_int("max_size", d.max_size),
+        sleep_seconds=float(f.get("sleep_seconds", (int, float), d.sleep_seconds)),
+        lock_timeout_ms=f.positive_int("lock_timeout_ms", d.lock_timeout_ms),
+        statement_timeout_ms=f.positive_int("statement_timeout_ms", d.statement_timeout_ms),
+    )
+    if settings.min_size > settings.max_size:
+        f.fail("min_size", f"({settings.min_size}) is larger than max_size ({settings.max_size})")
+    f.done()
+    return settings
+
+
+def _rule_fields(raw: Any, section: str, index: int, source: str) -> _Fields:
+    rule_id = raw.get("id") if isinstance(raw, Mapping) else None
+    where = f"{section}[{index}]" + (f" (rule '{rule_id}')" if rule_id else "")
+    f = _Fields(raw, where, source)
+    rid = f.get("id", str)
+    if not IDENTIFIER.match(rid):
+        f.fail("id", f"must be letters, digits and underscores, got {rid!r}")
+    return f
+
+
+def _retention(f: _Fields, key: str, floor: int) -> int:
+    days = f.get(key, int)
+    if days < floor:
+        f.fail(key, f"must be at least {floor} (the retention floor), got {days}")
+    return int(days)
+
+
+def _table_rules(raw: Any, section: str, source: str, floor: int) -> tuple[TableRule, ...]:
+    rules = []
+    for i, item in enumerate(_list(raw, section, source)):
+        f = _rule_fields(item, section, i, source)
+        children = []
+        for j, child in enumerate(f.get("children", list, [])):
+            cf = _Fields(child, f"{f.where} children[{j}]", source)
+            children.append(ChildTable(table=cf.table("table"), column=cf.identifier("column")))
+            cf.done()
+        fraction = float(f.get("max_delete_fraction", (int, float), 0.5))
+        if not 0 < fraction <= 1:
+            f.fail("max_delete_fraction", f"must be in (0, 1], got {fraction}")
+        rules.append(
+            TableRule(
+                id=f.get("id", str),
+                table=f.table("table"),
+                timestamp_column=f.identifier("timestamp_column"),
+                retention_days=_retention(f, "retention_days", floor),
+                children=tuple(children),
+                archive=_archive(f.get("archive", dict, None), f.where, source),
+                batch=_batch(f.get("batch", dict, None), f.where, source),
+                max_runtime_minutes=f.positive_int("max_runtime_minutes", None),
+                max_rows=f.positive_int("max_rows", None),
+                max_delete_fraction=fraction,
+                allow_large_delete=f.get("allow_large_delete", bool, False),
+            )
+        )
+        f.done()
+    return _unique(rules, section, source)
+
+
+def _partition_rules(raw: Any, source: str) -> tuple[PartitionRule, ...]:
+    rules = []
+    for i, item in enumerate(_list(raw, "partitions", source)):
+        f = _rule_fields(item, "partitions", i, source)
+        rule = PartitionRule(
+            id=f.get("id", str),
+            table=f.table("table"),
+            retention_months=f.positive_int("retention_months"),
+            premake_months=f.positive_int("premake_months", 3),
+            mode=f.choice("mode", PARTITION_MODES, "drop"),
+            archive_schema=f.identifier("archive_schema", "archive"),
+            archive=_archive(f.get("archive", dict, None), f.where, source),
+        )
+        if rule.mode == "s3" and rule.archive is None:
+            f.fail("archive", "is required when mode is 's3'")
+        f.done()
+        rules.append(rule)
+    return _unique(rules, "partitions", source)
+
+
+def _expiry_rules(raw: Any, source: str, floor: int) -> tuple[ExpiryRule, ...]:
+    rules = []
+    for i, item in enumerate(_list(raw, "s3_expiry", source)):
+        f = _rule_fields(item, "s3_expiry", i, source)
+        rule = ExpiryRule(
+            id=f.get("id", str),
+            bucket=f.bucket("bucket"),
+            prefix=f.get("prefix", str),
+            retention_days=_retention(f, "retention_days", floor),
+            include_versions=f.get("include_versions", bool, False),
+            max_objects=f.positive_int("max_objects", 100_000),
+            allow_whole_bucket=f.get("allow_whole_bucket", bool, False),
+        )
+        if not rule.prefix.strip("/") and not rule.allow_whole_bucket:
+            f.fail("prefix", "is empty (the whole bucket); set allow_whole_bucket: true if you mean it")
+        f.done()
+        rules.append(rule)
+    return _unique(rules, "s3_expiry", source)
+
+
+def _tier_rules(raw: Any, source: str) -> tuple[BucketTiers, ...]:
+    tiers = []
+    for i, item in enumerate(_list(raw, "storage_tiers", source)):
+        f = _rule_fields(item, "storage_tiers", i, source)
+        rules = f.get("rules", list)
+        for j, rule in enumerate(rules):
+            if not isinstance(rule, Mapping) or not isinstance(rule.get("id"), str):
+                f.fail(f"rules[{j}]", "each lifecycle rule must be a mapping with a string 'id'")
+        tiers.append(BucketTiers(id=f.get("id", str), bucket=f.bucket("bucket"), rules=tuple(rules)))
+        f.done()
+    return _unique(tiers, "storage_tiers", source)
+
+
+def _object_archive_rules(raw: Any, source: str, floor: int) -> tuple[ObjectArchiveRule, ...]:
+    rules = []
+    for i, item in enumerate(_list(raw, "object_archives", source)):
+        f = _rule_fields(item, "object_archives", i, source)
+        rules.append(
+            ObjectArchiveRule(
+                id=f.get("id", str),
+                source_bucket=f.bucket("source_bucket"),
+                source_prefix=f.get("source_prefix", str),
+                dest_bucket=f.bucket("dest_bucket"),
+                dest_prefix=f.get("dest_prefix", str, None),
+                storage_class=f.choice("storage_class", ARCHIVE_STORAGE_CLASSES, "GLACIER"),
+                retention_days=_retention(f, "retention_days", floor),
+            )
+        )
+        if not rules[-1].source_prefix.strip("/"):
+            f.fail("source_prefix", "is empty (the whole bucket); archive a prefix")
+        f.done()
+    return _unique(rules, "object_archives", source)
+
+
+def _vacuum(raw: Any, source: str) -> VacuumSettings:
+    if raw is None:
+        return VacuumSettings()
+    f = _Fields(raw, "vacuum", source)
+    schemas = f.get("schemas", list, ["public"])
+    tables = f.get("tables", list, [])
+    for s in schemas:
+        if not isinstance(s, str) or not IDENTIFIER.match(s):
+            f.fail("schemas", f"must list plain schema names, got {s!r}")
+    for t in tables:
+        if not isinstance(t, str) or not QUALIFIED_TABLE.match(t):
+            f.fail("tables", f"must list plain 'schema.table' names, got {t!r}")
+    settings = VacuumSettings(
+        schemas=tuple(schemas),
+        tables=tuple(tables),
+        dead_tuple_threshold=f.positive_int("dead_tuple_threshold", 1_000, minimum=0),
+        scale_factor=float(f.get("scale_factor", (int, float), 0.05)),
+    )
+    f.done()
+    return settings
+
+
+def _dag_settings(raw: Any, source: str) -> dict[str, DagSettings]:
+    out: dict[str, DagSettings] = {}
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise LifecycleConfigError(f"Invalid policy {source}: dags: must be a mapping of dag_id to settings")
+    base = DagSettings()
+    if "default" in raw:
+        base = _one_dag(raw["default"], "dags.default", source, base)
+    out["default"] = base
+    for dag_id, settings in raw.items():
+        if dag_id != "default":
+            out[dag_id] = _one_dag(settings, f"dags.{dag_id}", source, base)
+    return out
+
+
+def _one_dag(raw: Any, where: str, source: str, base: DagSettings) -> DagSettings:
+    f = _Fields(raw or {}, where, source)
+    settings = DagSettings(
+        deadline_minutes=f.positive_int("deadline_minutes", base.deadline_minutes),
+        retries=f.positive_int("retries", base.retries, minimum=2),
+        retry_delay_seconds=f.positive_int("retry_delay_seconds", base.retry_delay_seconds),
+        max_retry_delay_seconds=f.positive_int("max_retry_delay_seconds", base.max_retry_delay_seconds),
+        notify_success=f.get("notify_success", bool, base.notify_success),
+        retention_floor_days=f.positive_int("retention_floor_days", base.retention_floor_days),
+    )
+    f.done()
+    return settings
+
+
+def _list(raw: Any, section: str, source: str) -> list[Any]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise LifecycleConfigError(f"Invalid policy {source}: {section}: must be a list of rules")
+    return raw
+
+
+def _unique(rules: list[Any], section: str, source: str) -> tuple[Any, ...]:
+    seen: set[str] = set()
+    for rule in rules:
+        if rule.id in seen:
+            raise LifecycleConfigError(f"Invalid policy {source}: {section}: duplicate rule id '{rule.id}'")
+        seen.add(rule.id)
+    return tuple(rules)
+
+
+TOP_LEVEL_KEYS = (
+    "version",
+    "connections",
+    "dags",
+    "expired_sessions",
+    "app_logs",
+    "soft_deleted",
+    "partitions",
+    "s3_expiry",
+    "storage_tiers",
+    "object_archives",
+    "vacuum",
+)
+
+
+def parse_policy(doc: Any, source: str) -> Policy:
+    """Build a validated ``Policy`` from a parsed YAML document."""
+    top = _Fields(doc, "top level", source)
+    version = top.get("version", int)
+    if version != 1:
+        top.fail("version", f"only version 1 is supported, got {version}")
+    conns = _Fields(top.get("connections", dict, {}), "connections", source)
+    dags = _dag_settings(top.get("dags", dict, {}), source)
+    floor = dags["default"].retention_floor_days
+    policy = Policy(
+        source=source,
+        postgres_conn_id=conns.get("postgres", str, "lifecycle_postgres"),
+        aws_conn_id=conns.get("aws", str, "lifecycle_aws"),
+        slack_conn_id=conns.get("slack", str, "slack_alerts"),
+        dags=dags,
+        expired_sessions=_table_rules(
+            top.get("expired_sessions", list, []), "expired_sessions", source, floor
+        ),
+        app_logs=_table_rules(top.get("app_logs", list, []), "app_logs", source, floor),
+        soft_deleted=_table_rules(top.get("soft_deleted", list, []), "soft_deleted", source, floor),
+        partitions=_partition_rules(top.get("partitions", list, []), source),
+        s3_expiry=_expiry_rules(top.get("s3_expiry", list, []), source, floor),
+        storage_tiers=_tier_rules(top.get("storage_tiers", list, []), source),
+        object_archives=_object_archive_rules(top.get("object_archives", list, []), source, floor),
+        vacuum=_vacuum(top.get("vacuum", dict, None), source),
+    )
+    conns.done()
+    top.done()
+    for rule in policy.app_logs:
+        if rule.archive is None:
+            raise LifecycleConfigError(
+                f"Invalid policy {source}: app_logs rule '{rule.id}', field 'archive': "
+                "log rows are archived to S3 before they are deleted; declare the bucket"
+            )
+    return policy
+
+
+def policy_path() -> Path:
+    return Path(os.environ.get(POLICY_FILE_ENV) or DEFAULT_POLICY_FILE)
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Load and validate the policy file (cached per path and modification time)."""
+    resolved = Path(path) if path is not None else policy_path()
+    try:
+        mtime = resolved.stat().st_mtime_ns
+    except FileNotFoundError as exc:
+        raise LifecycleConfigError(f"Policy file {resolved} does not exist") from exc
+    return _load_cached(str(resolved), mtime)
+
+
+@lru_cache(maxsize=8)
+def _load_cached(path: str, _mtime: int) -> Policy:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise LifecycleConfigError(f"Invalid policy {path}: not valid YAML: {exc}") from exc
+    return parse_policy(doc, path)
