@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
+# Bytecode caches keep DAG parsing and every Airflow command fast; some machines turn them off.
+unexport PYTHONDONTWRITEBYTECODE
 STACK := $(BIN)/python -m data_lifecycle.devstack
 WITH_ENV := set -a && . .local/env.sh && set +a &&
 
@@ -23,7 +25,7 @@ $(BIN)/.installed: requirements-lock.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements-lock.txt
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements-lock.txt
 	touch $@
 
 venv: $(BIN)/.installed

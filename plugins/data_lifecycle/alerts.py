@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 from airflow.sdk import (
     AsyncCallback,
     DeadlineAlert,
@@ -30,6 +29,8 @@ log = logging.getLogger(__name__)
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
 KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
+# Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
+SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
 # Every DAG's tags come from this set (the integrity test enforces it).
 APPROVED_TAGS = frozenset(
@@ -84,6 +85,8 @@ class SlackFailureNotice:
         self.slack_conn_id = slack_conn_id
 
     def __call__(self, context: Any) -> None:
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
         notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=FAILURE_TEXT)
         try:
             notifier(context)
@@ -137,7 +140,7 @@ def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=interval,
         callback=AsyncCallback(
-            SlackWebhookNotifier,
+            SLACK_NOTIFIER_PATH,
             kwargs={
                 "slack_webhook_conn_id": slack_conn_id,
                 "text": DEADLINE_TEXT.replace("__INTERVAL__", _human(interval)),

@@ -524,7 +524,15 @@ def parse_policy(doc: Any, source: str) -> Policy:
 
 
 def policy_path() -> Path:
-    return Path(os.environ.get(POLICY_FILE_ENV) or DEFAULT_POLICY_FILE)
+    """``LIFECYCLE_POLICY_FILE``, else ``include/`` beside ``plugins/`` (Astronomer), else
+    ``include/`` inside the DAGs folder (MWAA and Cloud Composer ship plugins separately)."""
+    if os.environ.get(POLICY_FILE_ENV):
+        return Path(os.environ[POLICY_FILE_ENV])
+    if DEFAULT_POLICY_FILE.exists():
+        return DEFAULT_POLICY_FILE
+    from airflow.configuration import conf
+
+    return Path(conf.get("core", "dags_folder")) / "include" / "policies" / DEFAULT_POLICY_FILE.name
 
 
 def load_policy(path: Path | str | None = None) -> Policy:
