@@ -664,6 +664,26 @@ class TestPostgresPartitionRetentionOperator:
         assert summary["dropped"] == ["app.student_progress_2026_10", "app.student_progress_2026_11"]
         assert partition_names(pg, "app.student_progress") == ["student_progress_2026_12"]
 
+    def test_rerun_finishes_a_partition_detached_before_a_crash(
+        self, pg: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run that stops between detach and drop leaves a marked table; the next run drops it."""
+        self._progress(pg, months=3)
+        kwargs = {"task_id": "retention", "table": "app.student_progress", "retention_days": 60}
+
+        def crash(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("simulated worker crash after the detach")
+
+        with monkeypatch.context() as patched, pytest.raises(RuntimeError):
+            patched.setattr(PostgresPartitionRetentionOperator, "_dispose", crash)
+            PostgresPartitionRetentionOperator(**kwargs).execute(interval_context())
+        assert "student_progress_2026_10" not in partition_names(pg, "app.student_progress")
+        assert scalar(pg, "SELECT to_regclass('app.student_progress_2026_10')") is not None
+
+        summary = PostgresPartitionRetentionOperator(**kwargs).execute(interval_context())
+        assert summary["dropped"] == ["app.student_progress_2026_10", "app.student_progress_2026_11"]
+        assert scalar(pg, "SELECT to_regclass('app.student_progress_2026_10')") is None
+
     @pytest.mark.parametrize(
         ("table", "retention", "match"),
         [

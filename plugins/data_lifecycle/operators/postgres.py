@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import closing
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
@@ -332,7 +333,7 @@ class PostgresBatchedDeleteOperator(_PostgresLifecycleOperator):
                     f" max_delete_fraction={self.max_delete_fraction:.0%}; nothing was deleted. Check"
                     " retention_days, or pass allow_large_delete=True if this is intended."
                 )
-            summary = _BatchRunner(self, conn, plan, due).run()
+            summary = _BatchRunner(self, conn, plan, due, started=started).run()
             summary["seconds"] = round(time.monotonic() - started, 3)
             if plan.audit is not None:
                 self._write_audit(conn, plan, context, summary)
@@ -586,36 +587,28 @@ class PostgresBatchedDeleteOperator(_PostgresLifecycleOperator):
         )
 
 
+@dataclass(frozen=True)
 class _DeletePlan:
     """Everything a batch needs, resolved against the catalog."""
 
-    def __init__(
-        self,
-        *,
-        table: TableRef,
-        cutoff: datetime,
-        keys: list[Column],
-        children: list[ChildRef],
-        where: Any,
-        params: dict[str, Any],
-        archive: ArchiveConfig | None,
-        audit: TableRef | None,
-    ) -> None:
-        self.table = table
-        self.cutoff = cutoff
-        self.keys = keys
-        self.children = children
-        self.where = where
-        self.params = params
-        self.archive = archive
-        self.audit = audit
+    table: TableRef
+    cutoff: datetime
+    keys: list[Column]
+    children: list[ChildRef]
+    where: Any  # psycopg.sql.Composable
+    params: dict[str, Any]
+    archive: ArchiveConfig | None
+    audit: TableRef | None
 
 
 class _BatchRunner:
     """The batch loop of PostgresBatchedDeleteOperator: adaptive size, lock retries, budgets."""
 
-    def __init__(self, op: PostgresBatchedDeleteOperator, conn: Any, plan: _DeletePlan, due: int) -> None:
+    def __init__(
+        self, op: PostgresBatchedDeleteOperator, conn: Any, plan: _DeletePlan, due: int, *, started: float
+    ) -> None:
         self.op = op
+        self.started = started
         self.log = op.log
         self.conn = conn
         self.plan = plan
@@ -634,7 +627,7 @@ class _BatchRunner:
         from psycopg.errors import LockNotAvailable
 
         op, plan = self.op, self.plan
-        started = time.monotonic()
+        started = self.started  # the runtime budget counts from the start of execute
         size = min(op.max_batch_size, max(op.min_batch_size, op.batch_size))
         last_key: tuple[Any, ...] | None = None
         deleted = batches = archived_rows = lock_failures = 0
@@ -974,7 +967,7 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
                 self.log.info("Dry run: would detach %s from %s", summary["expired"], parent.qualified)
             else:
                 for part in pending_live:
-                    self._detach(conn, parent, part, has_default, summary)
+                    self._detach(conn, parent, part, has_default, summary, mark=False)
                     self.log.warning(
                         "%s: finalized a pending detach of %s, which is not expired; left it detached",
                         parent.qualified,
@@ -986,7 +979,7 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
                     )
                     self._dispose(conn, parent, table, cutoff, summary)
                 for part in expired:
-                    self._detach(conn, parent, part, has_default, summary)
+                    self._detach(conn, parent, part, has_default, summary, mark=True)
                     self._dispose(conn, parent, part.table, cutoff, summary)
             if not summary["expired"] and not leftovers:
                 self.log.info(
@@ -1029,15 +1022,24 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
             )
 
     def _detach(
-        self, conn: Any, parent: TableRef, part: Partition, has_default: bool, summary: dict[str, Any]
+        self,
+        conn: Any,
+        parent: TableRef,
+        part: Partition,
+        has_default: bool,
+        summary: dict[str, Any],
+        *,
+        mark: bool,
     ) -> None:
         from psycopg import sql
 
         lock_timeout = _ms(
             _as_seconds(self.lock_timeout, field="lock_timeout") or DEFAULT_DDL_LOCK_TIMEOUT_SECONDS
         )
-        marker = DETACH_MARKER.format(parent=parent.qualified)
-        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(part.table.ident, sql.Literal(marker)))
+        if mark:
+            # Lets the next run find and finish this partition if the run stops after the detach.
+            marker = DETACH_MARKER.format(parent=parent.qualified)
+            conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(part.table.ident, sql.Literal(marker)))
         if part.detach_pending:
             statement = sql.SQL("ALTER TABLE {} DETACH PARTITION {} FINALIZE")
             summary["finalized"].append(part.table.qualified)
@@ -1056,7 +1058,7 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
             try:
                 conn.execute(query)
             finally:
-                _set_local(conn, "lock_timeout", "0", local=False)
+                conn.execute("RESET lock_timeout")
         summary["detached"].append(part.table.qualified)
         self.log.info("Detached %s from %s", part.table.qualified, parent.qualified)
 
