@@ -7,7 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from data_lifecycle.cutoff import compute_cutoff, parse_retention_days, run_anchor
+from data_lifecycle.cutoff import (
+    compute_cutoff,
+    compute_cutoff_months,
+    parse_retention_days,
+    parse_retention_months,
+    run_anchor,
+    subtract_months,
+)
 from data_lifecycle.exceptions import LifecycleConfigError
 
 END = datetime(2027, 1, 2, 2, 0, tzinfo=UTC)
@@ -50,3 +57,30 @@ def test_retention_days_accepts_whole_days(value, days):
 def test_retention_days_refuses_bad_values(value):
     with pytest.raises(LifecycleConfigError, match="retention_days"):
         parse_retention_days(value)
+
+
+@pytest.mark.parametrize(
+    ("moment", "months", "expected"),
+    [
+        pytest.param(
+            datetime(2027, 3, 31, tzinfo=UTC), 1, datetime(2027, 2, 28, tzinfo=UTC), id="clamps-day"
+        ),
+        pytest.param(
+            datetime(2027, 1, 15, tzinfo=UTC), 13, datetime(2025, 12, 15, tzinfo=UTC), id="across-years"
+        ),
+        pytest.param(datetime(2028, 3, 29, tzinfo=UTC), 1, datetime(2028, 2, 29, tzinfo=UTC), id="leap-year"),
+    ],
+)
+def test_subtract_months(moment, months, expected):
+    assert subtract_months(moment, months) == expected
+
+
+def test_months_cutoff_uses_the_run_anchor():
+    context = {"data_interval_end": END, "dag_run": SimpleNamespace(run_after=END)}
+    assert compute_cutoff_months(context, 13) == datetime(2025, 12, 2, 2, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", None, True])
+def test_months_retention_refuses_bad_values(value):
+    with pytest.raises(LifecycleConfigError, match="retention_months"):
+        parse_retention_months(value)

@@ -128,7 +128,7 @@ def load_postgres(conn: psycopg.Connection[Any], anchor: datetime, sizes: Sizes)
         INSERT INTO app.sessions (user_id, token, user_agent, created_at, expires_at)
         SELECT (g %% %(users)s) + 1, md5(g::text), 'Mozilla/5.0 (DreamSeed app ' || g %% 7 || ')',
                c, c + interval '14 days'
-        FROM (SELECT g, %(anchor)s - (g %% 86400) * interval '1 minute' AS c
+        FROM (SELECT g, %(anchor)s - ((g::bigint * 86400) / %(n)s) * interval '1 minute' AS c
               FROM generate_series(1, %(n)s) AS g) AS s
         """,
         {**params, "n": sizes.sessions},

@@ -69,3 +69,32 @@ def compute_cutoff(context: Mapping[str, Any], retention: timedelta) -> datetime
     if retention <= timedelta(0):
         raise LifecycleConfigError(f"retention must be positive, got {retention}")
     return run_anchor(context) - retention
+
+
+def parse_retention_months(value: Any, *, field: str = "retention_months") -> int:
+    """Validate a retention given in whole calendar months (an int or its rendered digit string)."""
+    if isinstance(value, bool) or value is None or (isinstance(value, str) and not _DIGITS.match(value)):
+        raise LifecycleConfigError(f"{field} must be a whole number of months, got {value!r}")
+    if isinstance(value, str):
+        value = int(value)
+    if not isinstance(value, int) or value < 1:
+        raise LifecycleConfigError(f"{field} must be at least 1 month, got {value!r}")
+    return value
+
+
+def subtract_months(moment: datetime, months: int) -> datetime:
+    """``moment`` minus whole calendar months, the day clamped to the target month's length."""
+    index = moment.year * 12 + moment.month - 1 - months
+    year, month = divmod(index, 12)
+    month += 1
+    days_in_month = [31, 29 if _leap(year) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]
+    return moment.replace(year=year, month=month, day=min(moment.day, days_in_month))
+
+
+def compute_cutoff_months(context: Mapping[str, Any], months: int) -> datetime:
+    """``run_anchor(context)`` minus ``months`` calendar months (for monthly partitions)."""
+    return subtract_months(run_anchor(context), parse_retention_months(months))
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)

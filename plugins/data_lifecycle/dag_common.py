@@ -32,8 +32,12 @@ FAILED_STATES = frozenset({"failed", "upstream_failed"})
 
 
 def table_asset(conn_id: str, table: str) -> Asset:
-    """The asset a delete task emits when it changed ``table``; the vacuum DAG is scheduled on it."""
-    return Asset(name=f"{conn_id}:{table}", uri=f"lifecycle-table://{conn_id}/{table}")
+    """The asset a delete task emits when it changed ``table``; the vacuum DAG is scheduled on it.
+
+    Named without a URI scheme on purpose: a scheme makes Airflow load every provider's URI
+    handlers at parse time, which costs seconds.
+    """
+    return Asset(name=f"lifecycle_table/{conn_id}/{table}")
 
 
 def lifecycle_params(*, retention_floor_days: int | None) -> dict[str, Param]:
@@ -207,8 +211,8 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "min_batch_size": rule.batch.min_size,
         "max_batch_size": rule.batch.max_size,
         "sleep_between_batches": rule.batch.sleep_seconds,
-        "lock_timeout_ms": rule.batch.lock_timeout_ms,
-        "statement_timeout_ms": rule.batch.statement_timeout_ms,
+        "lock_timeout": timedelta(milliseconds=rule.batch.lock_timeout_ms),
+        "statement_timeout": timedelta(milliseconds=rule.batch.statement_timeout_ms),
         "max_rows": rule.max_rows,
         "max_delete_fraction": rule.max_delete_fraction,
         "allow_large_delete": rule.allow_large_delete,
@@ -220,6 +224,85 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
     }
     if rule.max_runtime_minutes:
         kwargs["max_runtime"] = timedelta(minutes=rule.max_runtime_minutes)
+    if rule.archive is not None:
+        kwargs["archive"] = {
+            "bucket": rule.archive.bucket,
+            "prefix": rule.archive.prefix,
+            "aws_conn_id": policy.aws_conn_id,
+        }
+    return destructive(**kwargs)
+
+
+def expiry_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
+    """``S3ExpireObjectsOperator`` arguments for a policy ``ExpiryRule``."""
+    return destructive(
+        task_id=f"expire_{rule.id}",
+        aws_conn_id=policy.aws_conn_id,
+        bucket=rule.bucket,
+        prefix=rule.prefix,
+        retention_days=retention_template(rule.retention_days),
+        include_versions=rule.include_versions,
+        max_objects=rule.max_objects,
+        allow_whole_bucket=rule.allow_whole_bucket,
+        dry_run="{{ params.dry_run }}",
+        pool=S3_POOL,
+    )
+
+
+def object_archive_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
+    """``S3GlacierCopyThenDeleteOperator`` arguments for a policy ``ObjectArchiveRule``."""
+    return destructive(
+        task_id=f"archive_{rule.id}",
+        aws_conn_id=policy.aws_conn_id,
+        source_bucket=rule.source_bucket,
+        source_prefix=rule.source_prefix,
+        dest_bucket=rule.dest_bucket,
+        dest_prefix=rule.dest_prefix,
+        storage_class=rule.storage_class,
+        retention_days=retention_template(rule.retention_days),
+        dry_run="{{ params.dry_run }}",
+        pool=S3_POOL,
+    )
+
+
+def lifecycle_kwargs(policy: Policy, tiers: Any) -> dict[str, Any]:
+    """``S3ApplyLifecycleOperator`` arguments for a policy ``BucketTiers`` entry."""
+    return {
+        "task_id": f"tiers_{tiers.id}",
+        "aws_conn_id": policy.aws_conn_id,
+        "bucket": tiers.bucket,
+        "rules": [dict(rule) for rule in tiers.rules],
+        "dry_run": "{{ params.dry_run }}",
+        "pool": S3_POOL,
+    }
+
+
+def partition_premake_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
+    """``PostgresPartitionPremakeOperator`` arguments for a policy ``PartitionRule``."""
+    return {
+        "task_id": f"premake_{rule.id}",
+        "postgres_conn_id": policy.postgres_conn_id,
+        "table": rule.table,
+        "months_ahead": rule.premake_months,
+        "dry_run": "{{ params.dry_run }}",
+        "pool": POSTGRES_POOL,
+    }
+
+
+def partition_retention_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
+    """``PostgresPartitionRetentionOperator`` arguments for a policy ``PartitionRule``."""
+    kwargs: dict[str, Any] = {
+        "task_id": f"retention_{rule.id}",
+        "postgres_conn_id": policy.postgres_conn_id,
+        "table": rule.table,
+        "retention_months": rule.retention_months,
+        "mode": rule.mode,
+        "dry_run": "{{ params.dry_run }}",
+        "pool": POSTGRES_POOL,
+        "outlets": [table_asset(policy.postgres_conn_id, rule.table)],
+    }
+    if rule.mode == "archive_schema":
+        kwargs["archive_schema"] = rule.archive_schema
     if rule.archive is not None:
         kwargs["archive"] = {
             "bucket": rule.archive.bucket,

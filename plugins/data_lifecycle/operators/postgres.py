@@ -35,7 +35,7 @@ from data_lifecycle.archive import (
     json_default,
     partition_key,
 )
-from data_lifecycle.cutoff import compute_cutoff, parse_retention_days, run_anchor
+from data_lifecycle.cutoff import compute_cutoff, compute_cutoff_months, parse_retention_days, run_anchor
 from data_lifecycle.exceptions import (
     GuardrailTripped,
     LifecycleConfigError,
@@ -860,6 +860,7 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
 
     :param table: the partitioned parent, ``"schema.table"``.
     :param retention_days: days to keep, at least one. (templated)
+    :param retention_months: calendar months to keep instead of days, at least one. (templated)
     :param postgres_conn_id: the Airflow connection to PostgreSQL.
     :param mode: ``"drop"``, ``"archive_schema"`` or ``"s3"``.
     :param archive_schema: the existing schema expired partitions move to (mode ``archive_schema``).
@@ -870,14 +871,15 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
     :param dry_run: list what would be detached, change nothing. (templated)
     """
 
-    template_fields: Sequence[str] = ("retention_days", "dry_run")
+    template_fields: Sequence[str] = ("retention_days", "retention_months", "dry_run")
     ui_color = "#deb887"
 
     def __init__(
         self,
         *,
         table: str,
-        retention_days: int | str,
+        retention_days: int | str | None = None,
+        retention_months: int | str | None = None,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
         mode: PartitionRetentionMode | str = PartitionRetentionMode.DROP,
         archive_schema: str | None = None,
@@ -890,7 +892,12 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.table = table
+        if (retention_days is None) == (retention_months is None):
+            raise LifecycleConfigError(
+                f"{self.task_id}: give exactly one of retention_days or retention_months"
+            )
         self.retention_days = retention_days
+        self.retention_months = retention_months
         try:
             self.mode = PartitionRetentionMode(mode)
         except ValueError:
@@ -918,7 +925,10 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         started = time.monotonic()
-        cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
+        if self.retention_months is not None:
+            cutoff = compute_cutoff_months(context, self.retention_months)
+        else:
+            cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
         dry_run = _as_bool(self.dry_run, field="dry_run")
         conn = self._connect()
         try:

@@ -1,0 +1,168 @@
+"""Every DAG in dags/ imports cleanly and carries the guardrails our users rely on.
+
+The checks live in ``integrity_problems`` so that the same code is also run on deliberately broken
+DAG folders (an import error, a DAG without retries, a broken policy file) to show it catches them.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+# Importing Airflow itself (the SDK's lazily loaded DAG, task and timetable machinery) is a one-time
+# cost of the DAG processor, not the DAG files' parse time; our own package is still counted.
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import DAG, Asset, BaseOperator, CronTriggerTimetable, Param, dag, task  # noqa: F401
+
+from data_lifecycle.alerts import APPROVED_TAGS
+
+DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+MAX_PARSE_SECONDS = 1.0
+
+
+def load_dagbag(folder: Path) -> DagBag:
+    return DagBag(dag_folder=str(folder), safe_mode=False)
+
+
+def integrity_problems(dagbag: DagBag) -> list[str]:
+    """Everything wrong with the DAGs of a DagBag, one line each (empty when all is well)."""
+    problems = [f"import error in {path}: {err.strip().splitlines()[-1]}" for path, err in dagbag.import_errors.items()]
+    for dag_id, dag in sorted(dagbag.dags.items()):
+        where = f"{dag_id}:"
+        if not dag.tags:
+            problems.append(f"{where} has no tags")
+        elif unknown := set(dag.tags) - APPROVED_TAGS:
+            problems.append(f"{where} tags {sorted(unknown)} not in the approved set")
+        if not dag.doc_md:
+            problems.append(f"{where} has no doc_md")
+        if dag.catchup:
+            problems.append(f"{where} catchup must be False")
+        if dag.max_active_runs != 1:
+            problems.append(f"{where} max_active_runs must be 1, is {dag.max_active_runs}")
+        if dag.schedule is None and "erasure" not in dag.tags:
+            problems.append(f"{where} has no explicit schedule")
+        if not dag.deadline:
+            problems.append(f"{where} has no deadline alert")
+        for task in dag.tasks:
+            t = f"{dag_id}.{task.task_id}:"
+            if not task.owner or task.owner == "airflow":
+                problems.append(f"{t} has no owner")
+            if task.task_id == "run_summary":
+                continue
+            if (task.retries or 0) < 2:
+                problems.append(f"{t} retries={task.retries}, must be >= 2")
+            if not task.retry_exponential_backoff:
+                problems.append(f"{t} has no exponential retry backoff")
+            if not task.on_failure_callback:
+                problems.append(f"{t} has no failure notifier")
+            if task.execution_timeout is None:
+                problems.append(f"{t} has no execution_timeout")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def dagbag() -> DagBag:
+    return load_dagbag(DAGS_FOLDER)
+
+
+def test_dag_folder_has_dags(dagbag):
+    assert dagbag.dags, "no DAG was loaded from dags/"
+    assert "cleanup_expired_sessions" in dagbag.dags
+
+
+def test_every_dag_passes_the_integrity_checks(dagbag):
+    assert integrity_problems(dagbag) == []
+
+
+def test_dag_id_matches_file_name(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert Path(dag.fileloc).stem == dag_id
+
+
+def test_each_dag_file_parses_under_a_second(dagbag):
+    stats = dagbag.dagbag_stats
+    assert stats, "the DagBag recorded no per-file stats"
+    for stat in sorted(stats, key=lambda s: s.file):
+        seconds = stat.duration.total_seconds() if isinstance(stat.duration, timedelta) else float(stat.duration)
+        print(f"parse time {stat.file}: {seconds:.3f} s")
+        assert seconds < MAX_PARSE_SECONDS, f"{stat.file} took {seconds:.2f} s to parse"
+
+
+GOOD_DAG = """
+from datetime import datetime, timedelta, UTC
+from airflow.sdk import CronTriggerTimetable, dag, task
+from data_lifecycle.alerts import deadline_alert, lifecycle_default_args
+
+args = lifecycle_default_args("report")
+args.update({OVERRIDES})
+
+@dag(schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1, tzinfo=UTC),
+     catchup=False, max_active_runs=1, tags=["lifecycle"], doc_md="doc", default_args=args,
+     deadline=deadline_alert(timedelta(hours=1)))
+def {DAG_ID}():
+    @task
+    def work():
+        return 1
+    work()
+
+{DAG_ID}()
+"""
+
+
+def _write_dag(folder: Path, dag_id: str, overrides: str = "") -> None:
+    body = GOOD_DAG.replace("{OVERRIDES}", overrides).replace("{DAG_ID}", dag_id)
+    (folder / f"{dag_id}.py").write_text(textwrap.dedent(body))
+
+
+def test_checks_pass_a_well_formed_dag(tmp_path):
+    _write_dag(tmp_path, "well_formed")
+    bag = load_dagbag(tmp_path)
+    assert list(bag.dags) == ["well_formed"]
+    assert integrity_problems(bag) == []
+
+
+def test_checks_catch_an_import_error(tmp_path):
+    _write_dag(tmp_path, "fine")
+    (tmp_path / "broken.py").write_text("from airflow.sdk import dag\nimport not_a_module_anywhere\n")
+    problems = integrity_problems(load_dagbag(tmp_path))
+    assert len(problems) == 1
+    assert "broken.py" in problems[0] and "not_a_module_anywhere" in problems[0]
+
+
+def test_checks_catch_a_dag_without_retries(tmp_path):
+    _write_dag(tmp_path, "no_retries", overrides='{"retries": 0}')
+    problems = integrity_problems(load_dagbag(tmp_path))
+    assert problems == ["no_retries.work: retries=0, must be >= 2"]
+
+
+def test_broken_policy_is_an_import_error_naming_the_field(tmp_path, monkeypatch):
+    policy = (DAGS_FOLDER.parent / "include" / "policies" / "lifecycle.yaml").read_text()
+    broken = policy.replace("timestamp_column: expires_at", "timestamp_colum: expires_at")
+    assert broken != policy
+    path = tmp_path / "broken_policy.yaml"
+    path.write_text(broken)
+    monkeypatch.setenv("LIFECYCLE_POLICY_FILE", str(path))
+    bag = load_dagbag(DAGS_FOLDER)
+    assert bag.import_errors, "a broken policy must fail the DAG files that load it"
+    message = "\n".join(bag.import_errors.values())
+    assert "broken_policy.yaml" in message
+    assert "rule 'sessions'" in message
+    assert "timestamp_colum" in message
+    problems = integrity_problems(bag)
+    assert any("import error" in p for p in problems)
+
+
+def test_dag_files_do_no_work_at_parse_time(dagbag):
+    # No Variable.get / DB / network at top level: the DAGs parse with no connection variables set.
+    env_keys = [k for k in os.environ if k.startswith("AIRFLOW_CONN_")]
+    saved = {k: os.environ.pop(k) for k in env_keys}
+    try:
+        bag = load_dagbag(DAGS_FOLDER)
+    finally:
+        os.environ.update(saved)
+    assert bag.import_errors == {}
+    assert set(bag.dags) == set(dagbag.dags)
