@@ -1,0 +1,867 @@
+"""S3 operators: lifecycle rules, archive copy-then-delete and expiry, built on the amazon provider's S3Hook.
+
+S3-compatible test servers accept more than S3 does (a DeleteObjects call with more than 1,000 keys,
+a CopyObject over 5 GB, a transition to STANDARD_IA after one day), so the limits of S3 itself are
+enforced here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
+from data_lifecycle.exceptions import (
+    GuardrailTripped,
+    LifecycleConfigError,
+    LifecycleError,
+    VerificationFailed,
+)
+from data_lifecycle.pricing import monthly_saving
+from data_lifecycle.s3_lifecycle_rules import merge_rules, validate_rules
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk import Context
+
+# DeleteObjects: "The request can contain a list of up to 1,000 keys that you want to delete."
+DELETE_OBJECTS_MAX_KEYS = 1_000
+# CopyObject: "You can store individual objects of up to 5 TB ... copy an object up to 5 GB in a single operation."
+MAX_COPY_OBJECT_BYTES = 5 * 1024**3
+# Part size for multipart copies (UploadPartCopy parts are 5 MiB to 5 GiB, at most 10,000 parts).
+MULTIPART_COPY_PART_BYTES = 512 * 1024**2
+# Storage classes whose objects must be restored before they can be read or copied.
+ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+ARCHIVE_TARGET_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"})
+# Days a restored copy stays readable (RestoreObject Days) and the retrieval tier asked for.
+RESTORE_DAYS = 7
+RESTORE_TIER = "Standard"
+# How many failed keys an error message lists.
+MAX_KEYS_IN_ERROR = 20
+STREAM_CHUNK_BYTES = 8 * 1024**2
+PROGRESS_LOG_SECONDS = 15.0
+# Archive keys listed per page of sources before falling back to one HEAD per key.
+EXISTING_COPIES_LIST_LIMIT = 5_000
+
+
+def _as_bool(value: Any, *, field: str) -> bool:
+    """A bool, or the string a template renders one to."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.strip().lower() in {"true", "1", "yes"}
+    raise LifecycleConfigError(f"{field} must be true or false, got {value!r}")
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: Exception) -> bool:
+    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
+
+
+def _check_bucket(client: Any, bucket: str) -> None:
+    """Fail with a clear message before any write when the bucket is missing or not ours to read."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise LifecycleConfigError(f"S3 bucket {bucket!r} does not exist") from exc
+        if code in ("403", "AccessDenied"):
+            raise LifecycleConfigError(
+                f"S3 bucket {bucket!r} is not accessible with this connection"
+            ) from exc
+        raise
+
+
+def _pooled_s3_hook(aws_conn_id: str | None, pool: int) -> S3Hook:
+    """An S3Hook whose client keeps ``pool`` connections open (for a thread pool of that size)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from botocore.config import Config
+
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    base = hook.conn_config.botocore_config or Config()
+    hook.conn_config.botocore_config = base.merge(Config(max_pool_connections=pool))
+    return hook
+
+
+def _delete_batches(
+    client: Any, bucket: str, entries: Sequence[Mapping[str, str]]
+) -> tuple[list[Mapping[str, str]], dict[str, str]]:
+    """DeleteObjects in batches of at most 1,000; return what was deleted and the per-key errors.
+
+    A batch answers HTTP 200 even when some keys failed, so every response's ``Errors`` is read and
+    a key missing from both ``Deleted`` and ``Errors`` counts as failed.
+    """
+    deleted: list[Mapping[str, str]] = []
+    errors: dict[str, str] = {}
+    for start in range(0, len(entries), DELETE_OBJECTS_MAX_KEYS):
+        batch = list(entries[start : start + DELETE_OBJECTS_MAX_KEYS])
+        response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": False})
+        done = {(d["Key"], d.get("VersionId")) for d in response.get("Deleted", [])}
+        failed = {
+            (e["Key"], e.get("VersionId")): f"{e.get('Code')}: {e.get('Message')}"
+            for e in response.get("Errors", [])
+        }
+        for entry in batch:
+            key, version = entry["Key"], entry.get("VersionId")
+            label = f"{key}@{version}" if version else key
+            # Some S3-compatible servers leave VersionId out of Deleted/Errors entries.
+            reason = failed.get((key, version)) or failed.get((key, None))
+            if reason is not None:
+                errors[label] = reason
+            elif (key, version) in done or (key, None) in done:
+                deleted.append(entry)
+            else:
+                errors[label] = "not reported as deleted"
+    return deleted, errors
+
+
+def _sample(keys: Mapping[str, str] | Sequence[str]) -> str:
+    items = [f"{k} ({v})" for k, v in keys.items()] if isinstance(keys, Mapping) else list(keys)
+    more = len(items) - MAX_KEYS_IN_ERROR
+    return ", ".join(items[:MAX_KEYS_IN_ERROR]) + (f" and {more} more" if more > 0 else "")
+
+
+class S3ApplyLifecycleOperator(BaseOperator):
+    """Merge our lifecycle rules into a bucket's configuration by rule ID.
+
+    PutBucketLifecycleConfiguration replaces the whole configuration, so the current one is read
+    first: rules with other IDs are kept untouched, rules marked ``absent`` are removed, and
+    ``TransitionDefaultMinimumObjectSize`` is passed back as it was. Nothing is written when the
+    merged rules equal the current ones. Returns the diff.
+
+    :param bucket: the bucket to configure.
+    :param rules: rules in our format (see ``data_lifecycle.s3_lifecycle_rules``); validated here.
+    :param aws_conn_id: the AWS connection.
+    :param dry_run: compute and return the diff without writing (templated).
+    """
+
+    template_fields: Sequence[str] = ("dry_run",)
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        rules: Sequence[Mapping[str, Any]],
+        aws_conn_id: str = "lifecycle_aws",
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not bucket:
+            raise LifecycleConfigError(f"{self.task_id}: bucket is required")
+        self.bucket = bucket
+        self.rules = [dict(rule) for rule in rules]
+        self.aws_conn_id = aws_conn_id
+        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
+        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
+        try:
+            self.warnings = validate_rules(self.rules)
+        except LifecycleConfigError as exc:
+            raise LifecycleConfigError(f"{self.task_id} (bucket {bucket!r}): {exc}") from exc
+
+    @cached_property
+    def hook(self) -> S3Hook:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        dry_run = _as_bool(self.dry_run, field="dry_run")
+        client: Any = self.hook.get_conn()
+        for warning in self.warnings:
+            self.log.warning("%s", warning)
+        current: list[dict[str, Any]] = []
+        extra: dict[str, Any] = {}
+        try:
+            response = client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+            current = response.get("Rules", [])
+            if response.get("TransitionDefaultMinimumObjectSize"):
+                extra["TransitionDefaultMinimumObjectSize"] = response["TransitionDefaultMinimumObjectSize"]
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchBucket":
+                raise LifecycleConfigError(f"S3 bucket {self.bucket!r} does not exist") from exc
+            if _error_code(exc) != "NoSuchLifecycleConfiguration":
+                raise
+        merged, diff = merge_rules(current, self.rules)
+        put = diff.changes and not dry_run
+        if put:
+            if merged:
+                client.put_bucket_lifecycle_configuration(
+                    Bucket=self.bucket, LifecycleConfiguration={"Rules": merged}, **extra
+                )
+            else:
+                # A configuration needs at least one rule: removing the last one deletes it.
+                client.delete_bucket_lifecycle(Bucket=self.bucket)
+        result = {
+            "bucket": self.bucket,
+            "added": diff.added,
+            "changed": diff.changed,
+            "removed": diff.removed,
+            "unchanged": diff.unchanged,
+            "put": put,
+            "warnings": list(self.warnings),
+            "dry_run": dry_run,
+        }
+        self.log.info(
+            "Lifecycle of s3://%s: added %s, changed %s, removed %s, unchanged %s, %d other rule(s) kept; %s",
+            self.bucket,
+            diff.added,
+            diff.changed,
+            diff.removed,
+            diff.unchanged,
+            len(current) - len(diff.changed) - len(diff.removed) - len(diff.unchanged),
+            "written" if put else ("dry run, nothing written" if diff.changes else "already up to date"),
+        )
+        return result
+
+
+class _Crc32:
+    """hashlib-like CRC32 whose digest is the big-endian bytes S3 base64-encodes."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+_HASHERS: Mapping[str, Callable[[], Any]] = {
+    "SHA256": hashlib.sha256,
+    "SHA1": hashlib.sha1,
+    "CRC32": _Crc32,
+}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _same_checksum(expected: str, actual: str | None) -> bool:
+    """Compare S3 checksums; a composite one may carry a ``-<parts>`` suffix (base64 has no '-')."""
+    if not actual:
+        return False
+    e_value, _, e_parts = expected.partition("-")
+    a_value, _, a_parts = actual.partition("-")
+    return e_value == a_value and (not e_parts or not a_parts or e_parts == a_parts)
+
+
+@dataclass
+class _Outcome:
+    key: str
+    status: str  # archived | resumed | skipped | restore_requested | failed
+    size: int = 0
+    storage_class: str = "STANDARD"
+    version_id: str | None = None
+    reason: str = ""
+
+
+class S3GlacierCopyThenDeleteOperator(BaseOperator):
+    """Archive objects older than the retention to an archive storage class: copy, verify, then delete.
+
+    Each due object is copied to ``dest_bucket`` with the target storage class and a checksum
+    algorithm, S3 computing the copy's checksum. The copy is verified by HEAD (``ChecksumMode=ENABLED``):
+    its size and checksum must equal the source's. The expected checksum is the source's own stored
+    full-object checksum of that algorithm when it has one; otherwise the source is streamed once
+    (pinned to the version, or to the ETag in an unversioned bucket) and hashed here. Objects over
+    5 GB are copied in parts, and their composite checksum (the checksum of the part checksums) is
+    computed from the same stream with the same part boundaries. ETags are never compared: they
+    are not MD5s for multipart or KMS-encrypted objects.
+
+    Only verified sources are deleted (the exact version copied, in a versioned bucket), with
+    DeleteObjects in batches of at most 1,000. A rerun finds verified copies by HEAD and only
+    deletes their sources. Any failure fails the task after every other object was handled;
+    each object is either fully archived or left in place.
+
+    :param source_bucket: bucket to archive from.
+    :param source_prefix: key prefix to archive; empty is refused unless ``allow_whole_bucket``.
+    :param dest_bucket: archive bucket.
+    :param dest_prefix: prefix that replaces ``source_prefix`` in the archive key; None keeps the key.
+    :param storage_class: GLACIER, DEEP_ARCHIVE or GLACIER_IR.
+    :param retention_days: objects whose LastModified is older than this many days are archived (templated).
+    :param aws_conn_id: the AWS connection.
+    :param max_workers: size of the thread pool copying objects.
+    :param checksum_algorithm: SHA256, SHA1 or CRC32.
+    :param restore_archived: request a restore of sources already in GLACIER/DEEP_ARCHIVE (and copy them
+        once restored) instead of skipping them.
+    :param allow_whole_bucket: allow an empty ``source_prefix``.
+    :param dry_run: only report what would be archived (templated).
+    """
+
+    template_fields: Sequence[str] = ("retention_days", "dry_run")
+
+    def __init__(
+        self,
+        *,
+        source_bucket: str,
+        source_prefix: str,
+        dest_bucket: str,
+        dest_prefix: str | None = None,
+        storage_class: str = "GLACIER",
+        retention_days: int | str,
+        aws_conn_id: str = "lifecycle_aws",
+        max_workers: int = 16,
+        checksum_algorithm: str = "SHA256",
+        restore_archived: bool = False,
+        allow_whole_bucket: bool = False,
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source_bucket = source_bucket
+        self.source_prefix = source_prefix
+        self.dest_bucket = dest_bucket
+        self.dest_prefix = dest_prefix
+        self.storage_class = storage_class
+        self.retention_days = retention_days
+        self.aws_conn_id = aws_conn_id
+        self.max_workers = max_workers
+        self.checksum_algorithm = checksum_algorithm
+        self.restore_archived = restore_archived
+        self.allow_whole_bucket = allow_whole_bucket
+        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
+        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
+        where = f"{self.task_id} (s3://{source_bucket}/{source_prefix})"
+        if not source_bucket or not dest_bucket:
+            raise LifecycleConfigError(f"{where}: source_bucket and dest_bucket are required")
+        if storage_class not in ARCHIVE_TARGET_CLASSES:
+            raise LifecycleConfigError(
+                f"{where}: storage_class {storage_class!r} is not an archive class; "
+                f"use one of {sorted(ARCHIVE_TARGET_CLASSES)}"
+            )
+        if checksum_algorithm not in _HASHERS:
+            raise LifecycleConfigError(
+                f"{where}: checksum_algorithm {checksum_algorithm!r} is not supported; use one of {sorted(_HASHERS)}"
+            )
+        if not source_prefix and not allow_whole_bucket:
+            raise LifecycleConfigError(
+                f"{where}: an empty source_prefix archives the whole bucket; pass allow_whole_bucket=True"
+            )
+        if source_bucket == dest_bucket and (dest_prefix is None or dest_prefix.startswith(source_prefix)):
+            raise LifecycleConfigError(
+                f"{where}: archive keys would fall under the source prefix; "
+                "use another bucket or a dest_prefix outside it"
+            )
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise LifecycleConfigError(
+                f"{where}: max_workers must be a positive integer, got {max_workers!r}"
+            )
+
+    @cached_property
+    def hook(self) -> S3Hook:
+        return _pooled_s3_hook(self.aws_conn_id, self.max_workers + 4)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
+        dry_run = _as_bool(self.dry_run, field="dry_run")
+        client: Any = self.hook.get_conn()
+        _check_bucket(client, self.source_bucket)
+        _check_bucket(client, self.dest_bucket)
+        self.log.info(
+            "Archiving s3://%s/%s objects last modified before %s to s3://%s/%s as %s%s",
+            self.source_bucket,
+            self.source_prefix,
+            cutoff.isoformat(),
+            self.dest_bucket,
+            self.dest_prefix if self.dest_prefix is not None else self.source_prefix,
+            self.storage_class,
+            " (dry run)" if dry_run else "",
+        )
+        started = time.monotonic()
+        stats = {
+            "objects": 0,
+            "bytes": 0,
+            "skipped": 0,
+            "failed": 0,
+            "copies_reused": 0,
+            "restores_requested": 0,
+        }
+        saving = 0.0
+        failures: dict[str, str] = {}
+        skipped: list[str] = []
+        pending: list[_Outcome] = []
+
+        def settle(outcome: _Outcome) -> None:
+            if outcome.status in ("archived", "resumed"):
+                pending.append(outcome)
+                if outcome.status == "resumed":
+                    stats["copies_reused"] += 1
+            elif outcome.status == "failed":
+                failures[outcome.key] = outcome.reason
+            else:
+                stats["skipped"] += 1
+                if outcome.status == "restore_requested":
+                    stats["restores_requested"] += 1
+                if len(skipped) < MAX_KEYS_IN_ERROR:
+                    skipped.append(f"{outcome.key} ({outcome.reason})")
+
+        def flush(force: bool = False) -> None:
+            nonlocal saving
+            while pending and (force or len(pending) >= DELETE_OBJECTS_MAX_KEYS):
+                batch = pending[:DELETE_OBJECTS_MAX_KEYS]
+                del pending[:DELETE_OBJECTS_MAX_KEYS]
+                entries = [
+                    {"Key": o.key, "VersionId": o.version_id} if o.version_id else {"Key": o.key}
+                    for o in batch
+                ]
+                deleted, errors = _delete_batches(client, self.source_bucket, entries)
+                by_label = {f"{o.key}@{o.version_id}" if o.version_id else o.key: o for o in batch}
+                for label, reason in errors.items():
+                    failures[by_label[label].key if label in by_label else label] = (
+                        f"archived and verified, but the source was not deleted: {reason}"
+                    )
+                for entry in deleted:
+                    label = f"{entry['Key']}@{entry['VersionId']}" if entry.get("VersionId") else entry["Key"]
+                    outcome = by_label[label]
+                    stats["objects"] += 1
+                    stats["bytes"] += outcome.size
+                    saving += monthly_saving(outcome.size, outcome.storage_class, self.storage_class)
+
+        last_log = started
+        seen = 0
+        with ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="s3-archive") as pool:
+            in_flight: set[Future[_Outcome]] = set()
+            for due, existing in self._due_pages(client, cutoff, dry_run):
+                for obj in due:
+                    seen += 1
+                    if obj.get("StorageClass") in ARCHIVED_CLASSES and not self.restore_archived:
+                        settle(_Outcome(obj["Key"], "skipped", reason=f"already in {obj['StorageClass']}"))
+                        continue
+                    if dry_run:
+                        stats["objects"] += 1
+                        stats["bytes"] += obj["Size"]
+                        saving += monthly_saving(obj["Size"], obj.get("StorageClass"), self.storage_class)
+                        continue
+                    in_flight.add(pool.submit(self._archive_one, obj, cutoff, existing))
+                    if len(in_flight) >= self.max_workers * 4:
+                        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            settle(future.result())
+                        flush()
+                    if time.monotonic() - last_log >= PROGRESS_LOG_SECONDS:
+                        last_log = time.monotonic()
+                        self._log_progress(seen, stats, len(failures), started)
+            for future in in_flight:
+                settle(future.result())
+        flush(force=True)
+        stats["failed"] = len(failures)
+        summary: dict[str, Any] = {
+            **stats,
+            "seconds": round(time.monotonic() - started, 3),
+            "estimated_monthly_saving_usd": round(saving, 6),
+            "dry_run": dry_run,
+            "cutoff": cutoff.isoformat(),
+        }
+        self._log_progress(seen, stats, len(failures), started)
+        if skipped:
+            self.log.info("Skipped %d object(s), e.g. %s", stats["skipped"], "; ".join(skipped))
+        self.log.info("Archive summary: %s", summary)
+        if failures:
+            raise VerificationFailed(
+                f"{len(failures)} object(s) under s3://{self.source_bucket}/{self.source_prefix} were not "
+                f"archived and their sources were kept; {stats['objects']} archived. Failed: {_sample(failures)}"
+            )
+        return summary
+
+    @property
+    def _client(self) -> Any:
+        """The hook's cached boto3 client, shared by the worker threads (clients are thread-safe)."""
+        return self.hook.get_conn()
+
+    def _log_progress(self, seen: int, stats: Mapping[str, int], failed: int, started: float) -> None:
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.log.info(
+            "Listed %d due object(s); archived %d (%d bytes, %.1f objects/s), skipped %d, failed %d",
+            seen,
+            stats["objects"],
+            stats["bytes"],
+            stats["objects"] / elapsed,
+            stats["skipped"],
+            failed,
+        )
+
+    def _due_pages(
+        self, client: Any, cutoff: datetime, dry_run: bool
+    ) -> Iterator[tuple[list[dict[str, Any]], Mapping[str, int] | None]]:
+        """Per listing page: the due objects and the archive keys already in that page's key range."""
+        paginator = client.get_paginator("list_objects_v2")
+        after: str | None = None
+        for page in paginator.paginate(Bucket=self.source_bucket, Prefix=self.source_prefix):
+            contents = page.get("Contents", [])
+            if not contents:
+                continue
+            due = [obj for obj in contents if obj["LastModified"] < cutoff]
+            first, last = self._dest_key(contents[0]["Key"]), self._dest_key(contents[-1]["Key"])
+            existing = None if dry_run or not due else self._existing_copies(client, first, last, after)
+            after = last
+            yield due, existing
+
+    def _existing_copies(
+        self, client: Any, first: str, last: str, after: str | None
+    ) -> Mapping[str, int] | None:
+        """Sizes of archive objects with keys from ``first`` to ``last``, or None when too many to list.
+
+        Replacing the prefix keeps the listing order, so one page of sources maps to one key range of
+        the archive: a single LIST tells which copies exist and need a HEAD, instead of one HEAD per key.
+        """
+        root = self.dest_prefix if self.dest_prefix is not None else self.source_prefix
+        found: dict[str, int] = {}
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(
+            Bucket=self.dest_bucket, Prefix=root, StartAfter=after if after is not None else first[:-1]
+        ):
+            for obj in page.get("Contents", []):
+                if obj["Key"] > last:
+                    return found
+                found[obj["Key"]] = int(obj["Size"])
+                if len(found) > EXISTING_COPIES_LIST_LIMIT:
+                    return None
+        return found
+
+    def _dest_key(self, key: str) -> str:
+        if self.dest_prefix is None:
+            return key
+        return self.dest_prefix + key[len(self.source_prefix) :]
+
+    def _head(self, bucket: str, key: str, version_id: str | None = None) -> dict[str, Any] | None:
+        from botocore.exceptions import ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "ChecksumMode": "ENABLED"}
+        if version_id:
+            kwargs["VersionId"] = version_id
+        try:
+            return self._client.head_object(**kwargs)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+
+    def _archive_one(
+        self, obj: Mapping[str, Any], cutoff: datetime, existing: Mapping[str, int] | None
+    ) -> _Outcome:
+        """Copy, verify and report one object; never raises for a per-object problem."""
+        key = obj["Key"]
+        try:
+            return self._copy_and_verify(key, cutoff, existing)
+        except Exception as exc:
+            return _Outcome(key, "failed", reason=f"{type(exc).__name__}: {exc}")
+
+    def _copy_and_verify(
+        self, key: str, cutoff: datetime, existing_copies: Mapping[str, int] | None
+    ) -> _Outcome:
+        client: Any = self.hook.get_conn()
+        source = self._head(self.source_bucket, key)
+        if source is None:
+            return _Outcome(key, "skipped", reason="deleted since it was listed")
+        if source["LastModified"] >= cutoff:
+            return _Outcome(key, "skipped", reason="rewritten since it was listed")
+        size = int(source["ContentLength"])
+        storage_class = source.get("StorageClass") or "STANDARD"
+        version_id = source.get("VersionId")
+        if version_id == "null":
+            version_id = None
+        if storage_class in ARCHIVED_CLASSES:
+            waiting = self._restore(source, key, version_id, storage_class)
+            if waiting is not None:
+                return waiting
+        copy_source: dict[str, str] = {"Bucket": self.source_bucket, "Key": key}
+        if version_id:
+            copy_source["VersionId"] = version_id
+        part_bytes = self._part_bytes(size) if size > MAX_COPY_OBJECT_BYTES else None
+        expected = self._expected_checksum(source, copy_source, part_bytes)
+        dest_key = self._dest_key(key)
+        outcome = _Outcome(key, "archived", size=size, storage_class=storage_class, version_id=version_id)
+
+        existing = None
+        if existing_copies is None or existing_copies.get(dest_key) == size:
+            existing = self._head(self.dest_bucket, dest_key)
+        if existing is not None and self._verified(existing, size, expected) is None:
+            outcome.status = "resumed"
+            return outcome
+
+        extra: dict[str, Any] = {
+            "StorageClass": self.storage_class,
+            "ChecksumAlgorithm": self.checksum_algorithm,
+            "CopySourceIfMatch": source["ETag"],
+        }
+        if part_bytes is None:
+            response = client.copy_object(
+                Bucket=self.dest_bucket,
+                Key=dest_key,
+                CopySource=copy_source,
+                MetadataDirective="COPY",
+                **extra,
+            )
+            copy_version = response.get("VersionId")
+        else:
+            from boto3.s3.transfer import TransferConfig
+
+            client.copy(
+                copy_source,
+                self.dest_bucket,
+                dest_key,
+                ExtraArgs=extra,
+                Config=TransferConfig(
+                    multipart_threshold=MAX_COPY_OBJECT_BYTES,
+                    multipart_chunksize=part_bytes,
+                    max_concurrency=4,
+                ),
+            )
+            copy_version = None
+        copied = self._head(self.dest_bucket, dest_key, copy_version)
+        problem = "the copy is missing" if copied is None else self._verified(copied, size, expected)
+        if problem:
+            return _Outcome(
+                key, "failed", reason=f"copy s3://{self.dest_bucket}/{dest_key} not verified: {problem}"
+            )
+        return outcome
+
+    def _restore(
+        self, source: Mapping[str, Any], key: str, version_id: str | None, storage_class: str
+    ) -> _Outcome | None:
+        """None when an archived source has been restored (readable); else request or await a restore."""
+        restore = source.get("Restore") or ""
+        if 'ongoing-request="false"' in restore:
+            return None
+        if 'ongoing-request="true"' in restore:
+            return _Outcome(key, "skipped", reason=f"{storage_class} restore in progress")
+        request: dict[str, Any] = {"Bucket": self.source_bucket, "Key": key}
+        if version_id:
+            request["VersionId"] = version_id
+        self._client.restore_object(
+            **request,
+            RestoreRequest={"Days": RESTORE_DAYS, "GlacierJobParameters": {"Tier": RESTORE_TIER}},
+        )
+        return _Outcome(key, "restore_requested", reason=f"{storage_class} restore requested")
+
+    def _verified(self, head: Mapping[str, Any], size: int, expected: str) -> str | None:
+        """None when a copy matches the source, else what differs."""
+        actual_size = int(head["ContentLength"])
+        if actual_size != size:
+            return f"size {actual_size} != {size}"
+        actual = head.get(f"Checksum{self.checksum_algorithm}")
+        if not _same_checksum(expected, actual):
+            return f"{self.checksum_algorithm} {actual} != {expected}"
+        actual_class = head.get("StorageClass") or "STANDARD"
+        if actual_class != self.storage_class:
+            return f"storage class {actual_class} != {self.storage_class}"
+        return None
+
+    @staticmethod
+    def _part_bytes(size: int) -> int:
+        """The part size a multipart copy of ``size`` bytes uses (the transfer manager's own adjustment)."""
+        from s3transfer.utils import ChunksizeAdjuster
+
+        return ChunksizeAdjuster().adjust_chunksize(MULTIPART_COPY_PART_BYTES, size)
+
+    def _expected_checksum(
+        self, source: Mapping[str, Any], copy_source: Mapping[str, str], part_bytes: int | None
+    ) -> str:
+        """The checksum a faithful copy has: stored on the source, else computed from its bytes."""
+        stored = source.get(f"Checksum{self.checksum_algorithm}")
+        composite = source.get("ChecksumType") == "COMPOSITE" or (stored and "-" in stored)
+        if part_bytes is None and stored and not composite:
+            return stored
+        request: dict[str, Any] = {"Bucket": copy_source["Bucket"], "Key": copy_source["Key"]}
+        if "VersionId" in copy_source:
+            request["VersionId"] = copy_source["VersionId"]
+        else:
+            request["IfMatch"] = source["ETag"]
+        body = self._client.get_object(**request)["Body"]
+        new_hash = _HASHERS[self.checksum_algorithm]
+        whole = new_hash()
+        part_digests: list[bytes] = []
+        part = new_hash()
+        part_left = part_bytes or 0
+        for chunk in body.iter_chunks(STREAM_CHUNK_BYTES):
+            whole.update(chunk)
+            rest = chunk
+            while part_bytes and rest:
+                piece, rest = rest[:part_left], rest[part_left:]
+                part.update(piece)
+                part_left -= len(piece)
+                if part_left == 0:
+                    part_digests.append(part.digest())
+                    part, part_left = new_hash(), part_bytes
+        if part_bytes is None:
+            return _b64(whole.digest())
+        if part_left != part_bytes:
+            part_digests.append(part.digest())
+        combined = new_hash()
+        for digest in part_digests:
+            combined.update(digest)
+        return f"{_b64(combined.digest())}-{len(part_digests)}"
+
+
+class S3ExpireObjectsOperator(BaseOperator):
+    """Delete objects under a prefix whose LastModified is older than the retention.
+
+    In a versioned bucket a plain delete leaves a delete marker; with ``include_versions`` the
+    operator lists versions instead and permanently deletes current versions older than the cutoff,
+    noncurrent versions that became noncurrent before it, and delete markers older than it.
+
+    :param bucket: the bucket.
+    :param prefix: key prefix; empty is refused unless ``allow_whole_bucket``.
+    :param retention_days: objects older than this many days are deleted (templated).
+    :param aws_conn_id: the AWS connection.
+    :param allow_whole_bucket: allow an empty ``prefix``.
+    :param include_versions: purge versions and delete markers too (versioned buckets).
+    :param max_objects: refuse the run, deleting nothing, if more than this many entries are due.
+    :param dry_run: only report what would be deleted (templated).
+    """
+
+    template_fields: Sequence[str] = ("retention_days", "dry_run")
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str,
+        retention_days: int | str,
+        aws_conn_id: str = "lifecycle_aws",
+        allow_whole_bucket: bool = False,
+        include_versions: bool = False,
+        max_objects: int = 100_000,
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.retention_days = retention_days
+        self.aws_conn_id = aws_conn_id
+        self.allow_whole_bucket = allow_whole_bucket
+        self.include_versions = include_versions
+        self.max_objects = max_objects
+        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
+        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
+        if not bucket:
+            raise LifecycleConfigError(f"{self.task_id}: bucket is required")
+        if not prefix and not allow_whole_bucket:
+            raise LifecycleConfigError(
+                f"{self.task_id} (s3://{bucket}): an empty prefix expires the whole bucket; "
+                "pass allow_whole_bucket=True"
+            )
+        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+            raise LifecycleConfigError(
+                f"{self.task_id}: max_objects must be a positive integer, got {max_objects!r}"
+            )
+
+    @cached_property
+    def hook(self) -> S3Hook:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
+        dry_run = _as_bool(self.dry_run, field="dry_run")
+        client: Any = self.hook.get_conn()
+        _check_bucket(client, self.bucket)
+        started = time.monotonic()
+        due: list[tuple[str, dict[str, str], int]] = []
+        listing = (
+            self._due_versions(client, cutoff) if self.include_versions else self._due_objects(client, cutoff)
+        )
+        for item in listing:
+            due.append(item)
+            if len(due) > self.max_objects:
+                raise GuardrailTripped(
+                    f"More than max_objects={self.max_objects} objects under s3://{self.bucket}/{self.prefix} "
+                    f"are older than {cutoff.isoformat()}; nothing was deleted. Raise max_objects if intended."
+                )
+        counts = {"object": 0, "version": 0, "delete_marker": 0}
+        size_of: dict[tuple[str, str | None], int] = {}
+        for kind, ident, size in due:
+            counts[kind] += 1
+            size_of[(ident["Key"], ident.get("VersionId"))] = size
+        summary: dict[str, Any] = {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "cutoff": cutoff.isoformat(),
+            "objects": counts["object"],
+            "bytes": sum(size_of.values()),
+            "versions": counts["version"],
+            "delete_markers": counts["delete_marker"],
+            "dry_run": dry_run,
+        }
+        if dry_run or not due:
+            self.log.info("%s: %s", "Dry run, nothing deleted" if dry_run else "Nothing to expire", summary)
+            return summary
+        deleted, errors = _delete_batches(client, self.bucket, [ident for _, ident, _ in due])
+        kinds = {(ident["Key"], ident.get("VersionId")): kind for kind, ident, _ in due}
+        counts = {"object": 0, "version": 0, "delete_marker": 0}
+        for entry in deleted:
+            counts[kinds[(entry["Key"], entry.get("VersionId"))]] += 1
+        summary.update(
+            objects=counts["object"],
+            versions=counts["version"],
+            delete_markers=counts["delete_marker"],
+            bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
+        )
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.log.info(
+            "Expired %d entries from s3://%s/%s in %.1f s (%.0f/s): %s",
+            len(deleted),
+            self.bucket,
+            self.prefix,
+            elapsed,
+            len(deleted) / elapsed,
+            summary,
+        )
+        if errors:
+            raise LifecycleError(
+                f"{len(errors)} of {len(due)} entries under s3://{self.bucket}/{self.prefix} could not be "
+                f"deleted (the rest were): {_sample(errors)}"
+            )
+        return summary
+
+    def _due_objects(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                if obj["LastModified"] < cutoff:
+                    yield "object", {"Key": obj["Key"]}, int(obj["Size"])
+
+    def _due_versions(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
+        """Walk every version newest first per key; a noncurrent one is due once its successor is old."""
+        paginator = client.get_paginator("list_object_versions")
+        key: str | None = None
+        successor: datetime | None = None
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            entries = [(v, "version") for v in page.get("Versions", [])] + [
+                (m, "delete_marker") for m in page.get("DeleteMarkers", [])
+            ]
+            entries.sort(key=lambda e: (e[0]["Key"], not e[0]["IsLatest"], -e[0]["LastModified"].timestamp()))
+            for entry, kind in entries:
+                if entry["Key"] != key:
+                    key, successor = entry["Key"], None
+                ident = {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+                size = int(entry.get("Size", 0))
+                if entry["IsLatest"]:
+                    if entry["LastModified"] < cutoff:
+                        yield ("object" if kind == "version" else kind), ident, size
+                elif successor is not None and successor < cutoff:
+                    yield kind, ident, size
+                successor = entry["LastModified"]
