@@ -534,16 +534,20 @@ class TestS3GlacierCopyThenDeleteOperator:
         assert all_keys(s3_client, source) == ["logs/a", "logs/b"]
         assert all_keys(s3_client, dest) == []
 
-    def test_recent_objects_stay(self, s3_client: Any, make_bucket: Any) -> None:
+    def test_recent_objects_stay_and_deletes_are_conditional(self, s3_client: Any, make_bucket: Any) -> None:
         source, dest = make_bucket("src"), make_bucket("arch")
-        s3_client.put_object(Bucket=source, Key="logs/old.log", Body=b"old")
+        etag = s3_client.put_object(Bucket=source, Key="logs/old.log", Body=b"old")["ETag"]
         ctx = cutoff_now()
         s3_client.put_object(Bucket=source, Key="logs/new.log", Body=b"new")
+        op = archive_op(source, dest)
+        calls = CallCounter(op.hook.get_conn(), "DeleteObjects")
 
-        summary = archive_op(source, dest).execute(ctx)
+        summary = op.execute(ctx)
 
         assert summary["objects"] == 1
         assert all_keys(s3_client, source) == ["logs/new.log"]
+        # Unversioned: the delete only applies to the bytes that were verified.
+        assert calls.calls["DeleteObjects"][0]["Delete"]["Objects"] == [{"Key": "logs/old.log", "ETag": etag}]
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),

@@ -101,14 +101,14 @@ def _pooled_s3_hook(aws_conn_id: str | None, pool: int) -> S3Hook:
 
 
 def _delete_batches(
-    client: Any, bucket: str, entries: Sequence[Mapping[str, str]]
-) -> tuple[list[Mapping[str, str]], dict[str, str]]:
+    client: Any, bucket: str, entries: Sequence[Mapping[str, Any]]
+) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
     """DeleteObjects in batches of at most 1,000; return what was deleted and the per-key errors.
 
     A batch answers HTTP 200 even when some keys failed, so every response's ``Errors`` is read and
     a key missing from both ``Deleted`` and ``Errors`` counts as failed.
     """
-    deleted: list[Mapping[str, str]] = []
+    deleted: list[Mapping[str, Any]] = []
     errors: dict[str, str] = {}
     for start in range(0, len(entries), DELETE_OBJECTS_MAX_KEYS):
         batch = list(entries[start : start + DELETE_OBJECTS_MAX_KEYS])
@@ -274,6 +274,7 @@ class _Outcome:
     size: int = 0
     storage_class: str = "STANDARD"
     version_id: str | None = None
+    etag: str | None = None
     reason: str = ""
 
 
@@ -421,8 +422,12 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             while pending and (force or len(pending) >= DELETE_OBJECTS_MAX_KEYS):
                 batch = pending[:DELETE_OBJECTS_MAX_KEYS]
                 del pending[:DELETE_OBJECTS_MAX_KEYS]
+                # The exact version copied; without versions, a conditional delete on the ETag that
+                # was verified, so an object rewritten meanwhile is kept (S3 answers PreconditionFailed).
                 entries = [
-                    {"Key": o.key, "VersionId": o.version_id} if o.version_id else {"Key": o.key}
+                    {"Key": o.key, "VersionId": o.version_id}
+                    if o.version_id
+                    else {"Key": o.key, "ETag": o.etag}
                     for o in batch
                 ]
                 deleted, errors = _delete_batches(client, self.source_bucket, entries)
@@ -591,7 +596,14 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         part_bytes = self._part_bytes(size) if size > MAX_COPY_OBJECT_BYTES else None
         expected = self._expected_checksum(source, copy_source, part_bytes)
         dest_key = self._dest_key(key)
-        outcome = _Outcome(key, "archived", size=size, storage_class=storage_class, version_id=version_id)
+        outcome = _Outcome(
+            key,
+            "archived",
+            size=size,
+            storage_class=storage_class,
+            version_id=version_id,
+            etag=source["ETag"],
+        )
 
         existing = None
         if existing_copies is None or existing_copies.get(dest_key) == size:
