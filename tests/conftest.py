@@ -37,6 +37,7 @@ from data_lifecycle.devstack import __main__ as devstack  # noqa: E402
 
 TEMPLATE_DB = "dreamseed_test_template"
 SCHEMA_SQL = PATHS.root / "include" / "sql" / "dreamseed_schema.sql"
+LEDGER_SQL = PATHS.root / "include" / "sql" / "erasure_ledger.sql"
 # Serialises template creation between concurrent pytest processes.
 TEMPLATE_LOCK_KEY = 7_346_001
 
@@ -55,7 +56,7 @@ def local_stack() -> Iterator[StackPaths]:
 
 def _ensure_template() -> None:
     """(Re)build the template database when the schema file changed."""
-    digest = hashlib.sha256(SCHEMA_SQL.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(SCHEMA_SQL.read_bytes() + LEDGER_SQL.read_bytes()).hexdigest()[:16]
     with admin_connect() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
         try:
@@ -70,6 +71,7 @@ def _ensure_template() -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
             with admin_connect(TEMPLATE_DB) as tconn:
                 tconn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+                tconn.execute(LEDGER_SQL.read_text())  # type: ignore[arg-type]
             conn.execute(
                 sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                     sql.Identifier(TEMPLATE_DB), sql.Literal(digest)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +60,28 @@ class StackPaths:
     @property
     def env_file(self) -> Path:
         return self.local / "env.sh"
+
+    @property
+    def erasure_hmac_key(self) -> Path:
+        return self.local / "secrets" / "erasure_hmac_key"
+
+
+def local_erasure_hmac_key(paths: StackPaths) -> str:
+    """The local stack's erasure HMAC key: random, made on first use, kept in ``.local`` (0600)."""
+    path = paths.erasure_hmac_key
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_urlsafe(48))
+        try:
+            os.link(tmp, path)  # atomic: a concurrent first use keeps the key that won
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text(encoding="utf-8").strip()
 
 
 @dataclass(frozen=True)
@@ -131,4 +154,7 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
     }
     for conn in settings.connections:
         env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(conn)
+    env["AIRFLOW_CONN_ERASURE_HMAC"] = json.dumps(
+        {"conn_type": "generic", "password": local_erasure_hmac_key(paths)}, sort_keys=True
+    )
     return env
