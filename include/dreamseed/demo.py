@@ -9,6 +9,7 @@ generated relative to the same anchor.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,10 +41,28 @@ RUN_CONF: dict[str, dict[str, Any]] = {
 }
 
 
-def demo_anchor(today: datetime | None = None) -> datetime:
-    """The first of the month five months ahead, 06:00 UTC: every demo object is 120+ days old then."""
-    today = today or datetime.now(UTC)
-    return add_months(month_start(today), 5).replace(hour=6)
+def demo_anchor(now: datetime | None = None) -> datetime:
+    """The first of the month five months ahead, at the current time of day (UTC).
+
+    Every demo object is 120+ days old then. The time of day makes each demo's logical date new,
+    so its DAG runs never collide with an earlier demo's runs in the metadata DB.
+    """
+    now = now or datetime.now(UTC)
+    return add_months(month_start(now), 5) + (now - now.replace(hour=0, minute=0, second=0, microsecond=0))
+
+
+def use_demo_policy() -> None:
+    """The shipped policy with retry delays cut to seconds, so a failing task shows in the report
+    at once instead of after three backoff waits of five minutes and more."""
+    from data_lifecycle.policy import DEFAULT_POLICY_FILE, POLICY_FILE_ENV
+
+    text = DEFAULT_POLICY_FILE.read_text()
+    text = text.replace("retry_delay_seconds: 300", "retry_delay_seconds: 1")
+    text = text.replace("max_retry_delay_seconds: 3600", "max_retry_delay_seconds: 2")
+    path = Path(".local") / "demo_policy.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    os.environ[POLICY_FILE_ENV] = str(path.resolve())
 
 
 def run_dags(anchor: datetime) -> dict[str, str]:
@@ -89,6 +108,7 @@ def main() -> None:
     load_s3(s3, Sizes(args.scale))
     print(f"loaded in {time.monotonic() - started:.1f} s", flush=True)
 
+    use_demo_policy()
     sink = slack_file()
     offset = sink.stat().st_size if sink.exists() else 0
     before = take_snapshot(conn, s3, sink)

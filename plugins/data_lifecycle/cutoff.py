@@ -34,9 +34,15 @@ def run_anchor(context: Mapping[str, Any]) -> datetime:
         )
     if isinstance(anchor, str):
         anchor = datetime.fromisoformat(anchor)
-    if anchor.tzinfo is None:
+    offset = anchor.utcoffset()
+    if offset is None:
         raise LifecycleConfigError(f"Run anchor {anchor!r} has no timezone; refusing to guess one.")
-    return anchor.astimezone(UTC)
+    # A plain UTC datetime: Airflow hands out pendulum objects, whose arithmetic and isoformat()
+    # drop the offset once converted to datetime.timezone.utc.
+    wall = datetime(
+        anchor.year, anchor.month, anchor.day, anchor.hour, anchor.minute, anchor.second, anchor.microsecond
+    )
+    return (wall - offset).replace(tzinfo=UTC)
 
 
 def parse_retention_days(

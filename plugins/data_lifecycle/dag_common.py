@@ -112,7 +112,8 @@ def destructive(**kwargs: Any) -> dict[str, Any]:
 def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
     """The final task: report every target, audit it, optionally post to Slack, fail on failures."""
 
-    @task(task_id="run_summary", trigger_rule="all_done", retries=0)
+    # No failure notice of its own: when it fails, the failed target has already posted one.
+    @task(task_id="run_summary", trigger_rule="all_done", retries=0, on_failure_callback=None)
     def summarize(**context: Any) -> dict[str, Any]:
         ti = context["ti"]
         run_id = context["run_id"]

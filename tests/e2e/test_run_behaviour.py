@@ -1,0 +1,62 @@
+"""Shared run behaviour through real DAG runs: Slack failure notices, dry runs, the kill switch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from tests.e2e.conftest import ANCHOR, count, run_dag
+
+
+def test_forced_failure_posts_one_slack_message_naming_dag_task_and_try(dagbag, dreamseed, pg, slack_sink):
+    # A child table the policy names has gone: the purge must fail before deleting anything.
+    pg.execute("DROP TABLE app.user_uploads")
+    users = count(pg, "SELECT count(*) FROM app.users")
+
+    run = run_dag(dagbag, "purge_soft_deleted")
+
+    assert run.state == "failed"
+    assert count(pg, "SELECT count(*) FROM app.users") == users
+    texts = [m["body"].get("text", "") for m in slack_sink.messages()]
+    failures = [t for t in texts if "purge_soft_deleted" in t]
+    assert len(failures) == 1, texts
+    assert "purge_soft_deleted" in failures[0]
+    assert "delete_users" in failures[0]
+    assert "try 1" in failures[0]
+    assert "app.user_uploads" in failures[0]
+
+
+def test_dry_run_param_changes_nothing(dagbag, dreamseed, pg):
+    total = count(pg, "SELECT count(*) FROM app.sessions")
+    run = run_dag(dagbag, "cleanup_expired_sessions", conf={"dry_run": True})
+    assert run.state == "success"
+    assert count(pg, "SELECT count(*) FROM app.sessions") == total
+
+
+def test_retention_override_param_is_applied(dagbag, dreamseed, pg):
+    cutoff = ANCHOR - timedelta(days=20)
+    kept = count(pg, "SELECT count(*) FROM app.sessions WHERE expires_at >= %s", cutoff)
+    assert count(pg, "SELECT count(*) FROM app.sessions WHERE expires_at < %s", cutoff) > 0
+    run = run_dag(dagbag, "cleanup_expired_sessions", conf={"retention_days": 20})
+    assert run.state == "success"
+    assert count(pg, "SELECT count(*) FROM app.sessions") == kept
+
+
+def test_retention_override_below_the_floor_is_rejected_before_any_task(dagbag, dreamseed, pg):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    total = count(pg, "SELECT count(*) FROM app.sessions")
+    with pytest.raises(ParamValidationError):
+        run_dag(dagbag, "cleanup_expired_sessions", conf={"retention_days": 0})
+    assert count(pg, "SELECT count(*) FROM app.sessions") == total
+
+
+def test_kill_switch_skips_destructive_tasks(dagbag, dreamseed, pg, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_VAR_LIFECYCLE_DESTRUCTIVE_ENABLED", "false")
+    total = count(pg, "SELECT count(*) FROM app.sessions")
+    run = run_dag(dagbag, "cleanup_expired_sessions")
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["delete_sessions"] == "skipped"
+    assert count(pg, "SELECT count(*) FROM app.sessions") == total
