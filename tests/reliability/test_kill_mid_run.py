@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from data_lifecycle.operators.postgres import DETACH_MARKER
+from tests.reliability.data import ANCHOR, load_monthly_progress, month
 from tests.reliability.harness import ChildSpec, connect, run_child, run_context, wait_backends_gone
 from tests.reliability.invariants import (
     assert_deleted_rows_archived,
@@ -30,7 +31,6 @@ from tests.reliability.invariants import (
 )
 
 SEEDS = [11, 23, 37]
-ANCHOR = datetime(2027, 3, 1, 5, 0, tzinfo=UTC)
 PG_OPERATORS = "data_lifecycle.operators.postgres"
 S3_OPERATORS = "data_lifecycle.operators.s3"
 
@@ -122,10 +122,6 @@ class TestKillBatchedDeleteInArchiveMode:
         assert object_listing(s3_client, bucket) == listing
 
 
-def _month(index: int) -> datetime:
-    return datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
-
-
 class TestKillPartitionRetentionDuringConcurrentDetach:
     """Expired partitions are archived to S3 and dropped while a reader makes the detach wait."""
 
@@ -135,29 +131,7 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
     PER_MONTH = 40
 
     def _load(self, pg: psycopg.Connection[Any]) -> None:
-        from psycopg import sql
-
-        uid = pg.execute(
-            "INSERT INTO app.users (email, display_name, created_at) VALUES ('p@example.com', 'P', %s)"
-            " RETURNING id",
-            (ANCHOR - timedelta(days=900),),
-        ).fetchone()[0]
-        for i in range(self.MONTHS):
-            lower, upper = _month(self.FIRST + i), _month(self.FIRST + i + 1)
-            pg.execute(
-                sql.SQL(
-                    "CREATE TABLE {} PARTITION OF app.student_progress FOR VALUES FROM ({}) TO ({})"
-                ).format(
-                    sql.Identifier("app", f"student_progress_{lower:%Y_%m}"),
-                    sql.Literal(lower),
-                    sql.Literal(upper),
-                )
-            )
-            pg.execute(
-                "INSERT INTO app.student_progress (user_id, lesson_id, score, recorded_at)"
-                " SELECT %s, g, (g * 7) %% 100, %s + g * interval '5 hours' FROM generate_series(0, %s - 1) g",
-                (uid, lower, self.PER_MONTH),
-            )
+        load_monthly_progress(pg, first=self.FIRST, months=self.MONTHS, per_month=self.PER_MONTH)
 
     @staticmethod
     def _reader(dbname: str, hold: float, ready: threading.Event) -> None:
@@ -177,7 +151,7 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
         # The cutoff is 2026-12-01 05:00; whole partitions go, so only months ending by then are due.
         first_kept = datetime(2026, 12, 1, tzinfo=UTC)
         due = {k for k, row in before.items() if datetime.fromisoformat(row["recorded_at"]) < first_kept}
-        expired_months = {f"student_progress_{_month(self.FIRST + i):%Y_%m}" for i in range(5)}
+        expired_months = {f"student_progress_{month(self.FIRST + i):%Y_%m}" for i in range(5)}
         bucket = make_bucket("kill-parts")
         task_id = f"retention_progress_{seed}"
         kwargs = {
@@ -223,7 +197,7 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
         assert deleted == due, summary
         assert not expired_months & set(self._tables(pg)), "an expired partition (or its leftover) remains"
         assert self._partitions(pg) == sorted(
-            f"student_progress_{_month(self.FIRST + i):%Y_%m}" for i in range(5, self.MONTHS)
+            f"student_progress_{month(self.FIRST + i):%Y_%m}" for i in range(5, self.MONTHS)
         )
         marker = DETACH_MARKER.format(parent="app.student_progress")
         assert pg.execute(
