@@ -11,7 +11,7 @@ from data_lifecycle.erasure.coverage import check_coverage, coverage_gaps
 from data_lifecycle.erasure.ledger import Status
 from data_lifecycle.erasure.s3_purge import ErasureBlocked
 from data_lifecycle.erasure.steps import alert_due_requests, replay_entry
-from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
+from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError, LifecycleError
 from tests.erasure.conftest import CONNS, OTHER_IDS, SUBJECT_EMAIL, SUBJECT_ID, object_versions, write_map
 
 
@@ -202,6 +202,13 @@ class TestLedger:
         with pytest.raises(LifecycleConfigError, match=r"already recorded .* for another subject"):
             other.plan()
 
+    def test_an_error_carrying_the_id_is_redacted(self, world):
+        run = world.run()
+        with pytest.raises(LifecycleError) as err, run.failures_recorded():
+            raise psycopg.errors.ForeignKeyViolation(f"Key (id)=({SUBJECT_ID}) is still referenced")
+        assert str(SUBJECT_ID) not in str(err.value) and "Key (id)=(<subject>)" in str(err.value)
+        assert str(SUBJECT_ID) not in world.ledger_text()
+
     def test_is_append_only_for_owner_and_role(self, world):
         world.run().record(Status.STARTED)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
@@ -244,6 +251,7 @@ def test_deadline_alert_lists_only_open_requests_past_the_threshold(world, slack
         ("DSR-LATE", SUBJECT_ID, "started", 31),
         ("DSR-SOON", 1, "started", 26),
         ("DSR-NEW", 2, "started", 3),
+        ("DSR-BLOCKED", 73_402_190, "failed", 27),
         ("DSR-DONE", 3, "started", 40),
         ("DSR-DONE", 3, "noop", 39),
     ):
@@ -253,7 +261,11 @@ def test_deadline_alert_lists_only_open_requests_past_the_threshold(world, slack
             (request_id, world.keys.subject_hash(uid), status, anchor - timedelta(days=days_ago)),
         )
     due = alert_due_requests(world.smap, CONNS, anchor)
-    assert [(d["request_id"], d["overdue"]) for d in due] == [("DSR-LATE", True), ("DSR-SOON", False)]
+    assert [(d["request_id"], d["overdue"]) for d in due] == [
+        ("DSR-LATE", True),
+        ("DSR-BLOCKED", False),
+        ("DSR-SOON", False),
+    ]
     text = "\n".join(slack_sink.texts())
     assert "DSR-LATE" in text and "OVERDUE" in text and "DSR-NEW" not in text
     assert str(SUBJECT_ID) not in text

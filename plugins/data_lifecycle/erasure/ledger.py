@@ -131,15 +131,19 @@ def completed_since(conn: Any, table: str, since: datetime) -> list[dict[str, An
 
 
 def open_requests(conn: Any, table: str) -> list[dict[str, Any]]:
-    """Requests with no real completion yet, with their request time (param, else first start)."""
+    """Requests with no real completion yet, with their request time.
+
+    The request time is the ``requested_at`` param, else the first ``started`` entry, else the first
+    entry of any kind (a request refused before it started, e.g. under legal hold, still runs late).
+    """
     rows = conn.execute(
         sql.SQL(
             "SELECT request_id, min(subject_hash), "
-            "coalesce(min(requested_at), min(recorded_at) FILTER (WHERE status = 'started')) AS requested, "
+            "coalesce(min(requested_at), min(recorded_at) FILTER (WHERE status = 'started'), min(recorded_at)) "
+            "AS requested, "
             "(array_agg(status ORDER BY id DESC))[1] AS last_status "
             "FROM {} GROUP BY request_id "
             "HAVING NOT bool_or(status = ANY (%s) AND NOT dry_run) "
-            "AND coalesce(min(requested_at), min(recorded_at) FILTER (WHERE status = 'started')) IS NOT NULL "
             "ORDER BY requested"
         ).format(_ident(table)),
         (list(DONE_STATUSES),),

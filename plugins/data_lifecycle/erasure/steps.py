@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from data_lifecycle.erasure import ledger
 from data_lifecycle.erasure.executor import count_matches, erase_target
@@ -23,7 +23,15 @@ from data_lifecycle.erasure.params import REQUEST_ID_PATTERN, Connections
 from data_lifecycle.erasure.planner import plan_tables, prepare_targets
 from data_lifecycle.erasure.s3_purge import delete_scanned, remaining, scan_bucket
 from data_lifecycle.erasure.subject_map import SubjectMap
-from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError, VerificationFailed
+from data_lifecycle.exceptions import (
+    GuardrailTripped,
+    LifecycleConfigError,
+    LifecycleError,
+    VerificationFailed,
+)
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +83,9 @@ def pg_connection(conn_id: str) -> Any:
     """An autocommit psycopg connection: each statement or ``conn.transaction()`` block commits."""
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+    conn = cast("psycopg.Connection[Any]", PostgresHook(postgres_conn_id=conn_id).get_conn())
     conn.autocommit = True
+    conn.execute("SELECT set_config('application_name', 'data_lifecycle:erasure', false)")
     try:
         yield conn
     finally:
@@ -159,16 +168,28 @@ class Run:
             added = ledger.record(conn, self.smap.ledger_table, entry)
         log.info("Ledger: %s %s%s", self.label, status.value, "" if added else " (already recorded)")
 
+    def redact(self, text: str) -> str:
+        """``text`` with the subject id (as a whole number) replaced by ``<subject>``."""
+        return re.sub(rf"(?<!\d){self.request.user_id}(?!\d)", "<subject>", text)
+
     @contextmanager
     def failures_recorded(self) -> Any:
-        """Record a ``failed`` ledger entry, with the reason, for any error, then re-raise it."""
+        """Record a ``failed`` ledger entry, with the reason, for any error, then re-raise it.
+
+        An error whose text carries the subject id (a database error detail, an S3 key) is re-raised
+        redacted, so the id reaches neither the ledger nor the failure notice.
+        """
         try:
             yield
         except Exception as exc:
+            reason = self.redact(reason_of(exc))
             try:
-                self.record(ledger.Status.FAILED, reason=reason_of(exc))
+                self.record(ledger.Status.FAILED, reason=reason)
             except Exception:
                 log.exception("Could not record the failure of %s in the ledger", self.label)
+            if reason != reason_of(exc):
+                log.error("%s failed: %s", self.label, reason)
+                raise LifecycleError(reason) from None
             raise
 
     def plan(self) -> dict[str, Any]:
