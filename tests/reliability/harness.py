@@ -312,3 +312,40 @@ def restart_postgres(paths: StackPaths) -> float:
             raise RuntimeError("PostgreSQL did not come back after the restart")
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def fault_when(
+    operation: str, decide: Callable[[dict[str, Any]], tuple[str, int] | None]
+) -> list[tuple[str, Callable[..., Any]]]:
+    """Handlers that answer ``operation`` with an error ``(code, status)`` when ``decide(params)``
+    returns one, without sending the request (as when an error outlasts botocore's retries)."""
+
+    def mark(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        fault = decide(params)
+        if fault is not None:
+            context["injected_fault"] = fault
+
+    def answer(context: dict[str, Any], **_: Any) -> Any:
+        fault = context.get("injected_fault")
+        return error_response(*fault) if fault is not None else None
+
+    return [(f"provide-client-params.s3.{operation}", mark), (f"before-call.s3.{operation}", answer)]
+
+
+def rewrite_response(
+    operation: str,
+    decide: Callable[[dict[str, Any]], bool],
+    rewrite: Callable[[dict[str, Any], dict[str, Any]], None],
+) -> list[tuple[str, Callable[..., Any]]]:
+    """Handlers that change the parsed answer of the calls ``decide(params)`` selects:
+    ``rewrite(params, parsed)`` (an HTTP 200 that says something else than what happened)."""
+
+    def mark(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if decide(params):
+            context["rewrite_params"] = params
+
+    def after(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if "rewrite_params" in context:
+            rewrite(context["rewrite_params"], parsed)
+
+    return [(f"provide-client-params.s3.{operation}", mark), (f"after-call.s3.{operation}", after)]
