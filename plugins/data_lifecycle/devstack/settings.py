@@ -154,7 +154,8 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
     }
     for conn in settings.connections:
         env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(conn)
+    # The erasure HMAC key: only its password is read; the host just keeps every local connection on loopback.
     env["AIRFLOW_CONN_ERASURE_HMAC"] = json.dumps(
-        {"conn_type": "generic", "password": local_erasure_hmac_key(paths)}, sort_keys=True
+        {"conn_type": "generic", "host": HOST, "password": local_erasure_hmac_key(paths)}, sort_keys=True
     )
     return env

@@ -1,6 +1,6 @@
-"""The steps of the erasure DAGs, one function each, with hooks built at run time.
+"""The steps of the erasure DAGs (``Run`` for one subject, plus replay and deadline helpers).
 
-DAG files wire these into tasks; tests call them directly. Nothing returned here (XCom, logs, Slack,
+Hooks are built at run time. DAG files wire these into tasks; tests call them directly. Nothing returned here (XCom, logs, Slack,
 ledger) holds the subject id or email: targets are named by table and by prefix template, subjects
 by the first characters of their keyed hash.
 """

@@ -129,14 +129,6 @@ class TableTarget:
     via: tuple[Hop, ...] = ()
     mask: tuple[MaskColumn, ...] = ()
 
-    @property
-    def schema_name(self) -> str:
-        return self.table.split(".", 1)[0]
-
-    @property
-    def table_name(self) -> str:
-        return self.table.split(".", 1)[1]
-
 
 @dataclass(frozen=True)
 class BucketTarget:
