@@ -400,7 +400,7 @@ CASES = [
     ),
     pytest.param(
         policy(_rename("expired_sessions.0.max_runtime_minutes", "max_runtime_minuts")),
-        "'max_runtime_minuts' is not a known field",
+        "field 'max_runtime_minuts': is not a known field",
         id="policy-unknown-key",
     ),
     pytest.param(
