@@ -29,16 +29,19 @@ RUN_ORDER = (
     "maintain_partitions",
     "vacuum_analyze",
     "erase_user_data",
+    "erasure_deadline_check",
+    "replay_erasures",
 )
-# Manual-only DAGs need their parameters: the demo erases one (not soft-deleted) user for real.
-RUN_CONF: dict[str, dict[str, Any]] = {
-    "erase_user_data": {
-        "user_id": 42,
-        "request_id": "demo-erasure-0001",
-        "requested_by": "demo",
-        "dry_run": False,
-    },
-}
+
+
+def run_conf(dag_id: str, started: datetime) -> dict[str, Any] | None:
+    """Parameters of the manual-only DAGs: erase one (not soft-deleted) user for real, then replay
+    the erasures completed since the demo started, as after a backup restore."""
+    if dag_id == "erase_user_data":
+        return {"user_id": 42, "request_id": "demo-erasure-0001", "requested_by": "demo", "dry_run": False}
+    if dag_id == "replay_erasures":
+        return {"since": started.isoformat(), "dry_run": False}
+    return None
 
 
 def demo_anchor(now: datetime | None = None) -> datetime:
@@ -77,10 +80,11 @@ def run_dags(anchor: datetime) -> dict[str, str]:
         raise SystemExit("DAG files failed to import; fix them before the demo")
     order = [d for d in RUN_ORDER if d in bag.dags] + sorted(set(bag.dags) - set(RUN_ORDER))
     results: dict[str, str] = {}
+    started_at = datetime.now(UTC)
     for dag_id in order:
         started = time.monotonic()
         print(f"--> running {dag_id} at {anchor.isoformat()}", flush=True)
-        dag_run = test_run(bag.dags[dag_id], logical_date=anchor, conf=RUN_CONF.get(dag_id))
+        dag_run = test_run(bag.dags[dag_id], logical_date=anchor, conf=run_conf(dag_id, started_at))
         state = str(getattr(dag_run, "state", "unknown"))
         results[dag_id] = f"{state} ({time.monotonic() - started:.1f} s)"
     return results

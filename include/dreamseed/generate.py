@@ -22,7 +22,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-SCHEMA_SQL = Path(__file__).resolve().parents[1] / "sql" / "dreamseed_schema.sql"
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+# The DreamSeed tables, then the erasure ledger the right-to-erasure DAGs write to.
+SCHEMA_SQL = SQL_DIR / "dreamseed_schema.sql"
+SCHEMA_FILES = (SCHEMA_SQL, SQL_DIR / "erasure_ledger.sql")
 
 LOGS_BUCKET = "dreamseed-logs"
 LOG_ARCHIVE_BUCKET = "dreamseed-log-archive"
@@ -81,7 +84,8 @@ def add_months(ts: datetime, months: int) -> datetime:
 
 
 def apply_schema(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type] - our own file, no parameters
+    for path in SCHEMA_FILES:
+        conn.execute(path.read_text())  # type: ignore[arg-type] - our own files, no parameters
 
 
 def create_progress_partitions(conn: psycopg.Connection[Any], first: datetime, last: datetime) -> None:
@@ -194,7 +198,9 @@ def load_s3(s3: Any, sizes: Sizes) -> None:
         try:
             s3.create_bucket(Bucket=bucket)
         except s3.exceptions.BucketAlreadyOwnedByYou:
-            empty_bucket(s3, bucket)
+            pass
+        # us-east-1 answers 200 to re-creating a bucket you own: empty it either way.
+        empty_bucket(s3, bucket)
     for i in range(sizes.log_objects):
         key = f"app/2026/{i % 12 + 1:02d}/{i % 28 + 1:02d}/dreamseed-{i:05d}.log.gz"
         s3.put_object(Bucket=LOGS_BUCKET, Key=key, Body=_body(64 * 1024 + i * 97, i))

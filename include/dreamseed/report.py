@@ -111,10 +111,10 @@ def render_report(before: Snapshot, after: Snapshot, slack_texts: list[str], res
         out.append(f"  {dag_id:28} {state}")
     out.append("")
     out.append("== PostgreSQL rows ==")
-    out.append(f"  {'table':26} {'before':>10} {'after':>10} {'removed':>10}")
+    out.append(f"  {'table':26} {'before':>10} {'after':>10} {'change':>10}")
     for table in TABLES:
         b, a = before.rows.get(table, 0), after.rows.get(table, 0)
-        out.append(f"  {table:26} {b:>10,} {a:>10,} {b - a:>10,}")
+        out.append(f"  {table:26} {b:>10,} {a:>10,} {a - b:>+10,}")
     out.append("")
     out.append("== Partitions ==")
     for parent in sorted(set(before.partitions) | set(after.partitions)):

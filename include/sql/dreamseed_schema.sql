@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS app.app_logs (
     context     jsonb
 );
 CREATE INDEX IF NOT EXISTS app_logs_created_at_idx ON app.app_logs (created_at);
+-- Erasure finds (and masks) one user's log rows without scanning the table.
+CREATE INDEX IF NOT EXISTS app_logs_user_id_idx ON app.app_logs (user_id) WHERE user_id IS NOT NULL;
 
 -- Learning progress, range-partitioned by month on recorded_at.
 CREATE TABLE IF NOT EXISTS app.student_progress (
