@@ -18,10 +18,12 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
-# Fixed loopback ports of the local stack; airflow_settings.yaml refers to the same ones.
-POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", "55433"))
-S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", "5055"))
-SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", "8765"))
+# Loopback ports of the local stack, as airflow_settings.yaml has them. LIFECYCLE_*_PORT moves a
+# service (and the connections pointing at it), so that two checkouts can run stacks side by side.
+DEFAULT_PORTS = {"postgres": 55433, "s3": 5055, "slack": 8765}
+POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", DEFAULT_PORTS["postgres"]))
+S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", DEFAULT_PORTS["s3"]))
+SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", DEFAULT_PORTS["slack"]))
 HOST = "127.0.0.1"
 
 POSTGRES_USER = "lifecycle"
@@ -152,8 +154,17 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONPATH": os.pathsep.join([str(paths.root / "plugins"), str(paths.root)]),
     }
+    moved = {
+        f"{HOST}:{DEFAULT_PORTS['s3']}": f"{HOST}:{S3_PORT}",
+        f"{HOST}:{DEFAULT_PORTS['slack']}": f"{HOST}:{SLACK_PORT}",
+    }
     for conn in settings.connections:
-        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = connection_json(conn)
+        rendered = connection_json(conn)
+        if conn.get("conn_port") == DEFAULT_PORTS["postgres"]:
+            rendered = connection_json({**conn, "conn_port": POSTGRES_PORT})
+        for old, new in moved.items():
+            rendered = rendered.replace(old, new)
+        env[f"AIRFLOW_CONN_{conn['conn_id'].upper()}"] = rendered
     # The erasure HMAC key: only its password is read; the host just keeps every local connection on loopback.
     env["AIRFLOW_CONN_ERASURE_HMAC"] = json.dumps(
         {"conn_type": "generic", "host": HOST, "password": local_erasure_hmac_key(paths)}, sort_keys=True
