@@ -37,6 +37,7 @@ FORKSERVER_PRELOAD = [
     "airflow.providers.amazon.aws.hooks.s3",
     "data_lifecycle.operators.postgres",
     "data_lifecycle.operators.s3",
+    "data_lifecycle.erasure.steps",
 ]
 CHILD_START_TIMEOUT_SECONDS = 60.0
 CHILD_RUN_TIMEOUT_SECONDS = 60.0
@@ -260,6 +261,27 @@ def run_child(
             os.kill(proc.pid, signal.SIGKILL)
             proc.join(10)
         receiver.close()
+
+
+def erase_subject(
+    anchor: datetime, *, map_path: str, user_id: int, request_id: str, conns: dict[str, str]
+) -> dict[str, Any]:
+    """The erase steps of ``erase_user_data`` for one subject: tables, then S3 versions."""
+    from data_lifecycle.erasure.params import Connections
+    from data_lifecycle.erasure.steps import Request, Run, subject_keys
+    from data_lifecycle.erasure.subject_map import load_subject_map
+
+    smap = load_subject_map(map_path)
+    request = Request(user_id=user_id, request_id=request_id, requested_by="privacy-team", dry_run=False)
+    run = Run(
+        smap,
+        Connections(**conns),
+        subject_keys(smap),
+        request,
+        dag_id="erase_user_data",
+        run_id=f"manual__{anchor.isoformat()}",
+    )
+    return {"tables": run.erase_tables(), "s3": run.purge_objects(), "left": run.verify()}
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
