@@ -130,7 +130,7 @@ def dreamseed(pg: Any, s3_client: Any, lifecycle_env: LifecycleEnv) -> DemoS3:
 
 
 def run_dag(
-    dagbag: Any, dag_id: str, logical_date: datetime = ANCHOR, conf: dict[str, Any] | None = None
+    dagbag: Any, dag_id: str, logical_date: datetime | None = ANCHOR, conf: dict[str, Any] | None = None
 ) -> Any:
     """Run one DAG with ``dag.test()``; returns the DagRun (its ``state`` is checked by the caller)."""
     return test_run(dagbag.dags[dag_id], logical_date=logical_date, conf=conf)

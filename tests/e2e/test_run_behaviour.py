@@ -60,3 +60,16 @@ def test_kill_switch_skips_destructive_tasks(dagbag, dreamseed, pg, monkeypatch)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["delete_sessions"] == "skipped"
     assert count(pg, "SELECT count(*) FROM app.sessions") == total
+
+
+def test_failure_notice_works_in_a_manual_run_without_logical_date(dagbag, dreamseed, pg, slack_sink):
+    # Manual runs triggered from the CLI or REST have no logical date: no ds, no data interval.
+    pg.execute("DROP TABLE app.sessions CASCADE")
+    run = run_dag(dagbag, "cleanup_expired_sessions", logical_date=None)
+    assert run.state == "failed"
+    assert run.logical_date is None
+    texts = [m["body"].get("text", "") for m in slack_sink.messages()]
+    notices = [t for t in texts if "cleanup_expired_sessions" in t]
+    assert len(notices) == 1, texts
+    assert "delete_sessions" in notices[0] and "try 1" in notices[0]
+    assert run.run_id in notices[0]

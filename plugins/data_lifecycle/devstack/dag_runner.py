@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 
-def test_run(dag: Any, *, logical_date: datetime, conf: dict[str, Any] | None = None) -> Any:
+def test_run(dag: Any, *, logical_date: datetime | None, conf: dict[str, Any] | None = None) -> Any:
     """``dag.test(logical_date=..., run_conf=...)``; returns the finished DagRun."""
     from airflow.dag_processing.dagbag import DagBag
 
