@@ -371,3 +371,38 @@ def rewrite_response(
             rewrite(context["rewrite_params"], parsed)
 
     return [(f"provide-client-params.s3.{operation}", mark), (f"after-call.s3.{operation}", after)]
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A database of our own with the DreamSeed schema, for a module's shared state; dropped after."""
+    from psycopg import sql
+
+    from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+
+    _ensure_template()
+    name = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+                )
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+    try:
+        yield name
+    finally:
+        with admin_connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def postgres_conn_json(dbname: str, login: str = POSTGRES_USER) -> str:
+    """``AIRFLOW_CONN_LIFECYCLE_POSTGRES`` for ``dbname`` as ``login``."""
+    import json
+
+    return json.dumps(
+        {"conn_type": "postgres", "host": HOST, "port": POSTGRES_PORT, "login": login, "schema": dbname}
+    )

@@ -10,7 +10,6 @@ past its checks would delete.
 from __future__ import annotations
 
 import copy
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,9 +34,9 @@ from data_lifecycle.operators.s3 import (
     S3GlacierCopyThenDeleteOperator,
 )
 from data_lifecycle.policy import DEFAULT_POLICY_FILE, load_policy
-from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+from tests.conftest import admin_connect
 from tests.reliability.data import load_monthly_progress, load_sessions
-from tests.reliability.harness import run_context
+from tests.reliability.harness import postgres_conn_json, run_context, scratch_database
 
 FOREIGN_RULE = {
     "ID": "security-team-rule",
@@ -99,64 +98,38 @@ class Estate:
 
 @pytest.fixture(scope="module")
 def estate(local_stack: Any, s3_client: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Estate]:
-    _ensure_template()
-    dbname = f"t_bad_{uuid.uuid4().hex[:10]}"
-    with admin_connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
-        try:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(dbname), sql.Identifier(TEMPLATE_DB)
-                )
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
-    mp = pytest.MonkeyPatch()
-    mp.setenv(
-        "AIRFLOW_CONN_LIFECYCLE_POSTGRES",
-        json.dumps(
-            {
-                "conn_type": "postgres",
-                "host": "127.0.0.1",
-                "port": 55433,
-                "login": "lifecycle",
-                "schema": dbname,
-            }
-        ),
-    )
-    anchor = datetime.now(UTC).replace(microsecond=0) + timedelta(days=400)
-    pg = admin_connect(dbname)
-    load_sessions(pg, cutoff=anchor - timedelta(days=30), due=50, kept=10)
-    load_monthly_progress(pg, first=anchor.year * 12 + anchor.month - 1 - 20, months=18, per_month=5)
-    pg.execute(
-        "CREATE TABLE app.scores_by_lesson (lesson_id int NOT NULL, score int) PARTITION BY RANGE (lesson_id)"
-    )
-    pg.execute(
-        "CREATE TABLE app.scores_by_lesson_1 PARTITION OF app.scores_by_lesson FOR VALUES FROM (0) TO (100)"
-    )
-    pg.execute(
-        "CREATE TABLE app.events_by_kind (kind text NOT NULL, at timestamptz) PARTITION BY LIST (kind)"
-    )
-    pg.execute(
-        "CREATE TABLE app.events_by_kind_login PARTITION OF app.events_by_kind FOR VALUES IN ('login')"
-    )
-    pg.execute("INSERT INTO app.scores_by_lesson VALUES (1, 50)")
-    pg.execute("INSERT INTO app.events_by_kind VALUES ('login', %s)", (anchor - timedelta(days=900),))
-    bucket, archive = f"bad-src-{uuid.uuid4().hex[:8]}", f"bad-arch-{uuid.uuid4().hex[:8]}"
-    for name in (bucket, archive):
-        s3_client.create_bucket(Bucket=name)
-    for key in ("logs/a.log", "logs/b.log", "tmp/c.tmp", "exports/d.csv", "audit/e.json"):
-        s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
-    s3_client.put_bucket_lifecycle_configuration(
-        Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN_RULE]}
-    )
-    try:
+    with (
+        scratch_database("t_bad") as dbname,
+        pytest.MonkeyPatch.context() as mp,
+        admin_connect(dbname) as pg,
+    ):
+        mp.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", postgres_conn_json(dbname))
+        anchor = datetime.now(UTC).replace(microsecond=0) + timedelta(days=400)
+        load_sessions(pg, cutoff=anchor - timedelta(days=30), due=50, kept=10)
+        load_monthly_progress(pg, first=anchor.year * 12 + anchor.month - 1 - 20, months=18, per_month=5)
+        pg.execute(
+            "CREATE TABLE app.scores_by_lesson (lesson_id int NOT NULL, score int) PARTITION BY RANGE (lesson_id)"
+        )
+        pg.execute(
+            "CREATE TABLE app.scores_by_lesson_1 PARTITION OF app.scores_by_lesson FOR VALUES FROM (0) TO (100)"
+        )
+        pg.execute(
+            "CREATE TABLE app.events_by_kind (kind text NOT NULL, at timestamptz) PARTITION BY LIST (kind)"
+        )
+        pg.execute(
+            "CREATE TABLE app.events_by_kind_login PARTITION OF app.events_by_kind FOR VALUES IN ('login')"
+        )
+        pg.execute("INSERT INTO app.scores_by_lesson VALUES (1, 50)")
+        pg.execute("INSERT INTO app.events_by_kind VALUES ('login', %s)", (anchor - timedelta(days=900),))
+        bucket, archive = f"bad-src-{uuid.uuid4().hex[:8]}", f"bad-arch-{uuid.uuid4().hex[:8]}"
+        for name in (bucket, archive):
+            s3_client.create_bucket(Bucket=name)
+        for key in ("logs/a.log", "logs/b.log", "tmp/c.tmp", "exports/d.csv", "audit/e.json"):
+            s3_client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+        s3_client.put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration={"Rules": [FOREIGN_RULE]}
+        )
         yield Estate(dbname, pg, s3_client, bucket, archive, tmp_path_factory.mktemp("policies"), anchor)
-    finally:
-        pg.close()
-        mp.undo()
-        with admin_connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
 
 # -- the cases ------------------------------------------------------------------------------------
