@@ -59,8 +59,9 @@ stack-status: venv
 demo: stack-up
 	$(WITH_ENV) $(BIN)/python -m include.dreamseed.demo
 
+# standalone starts the api-server, scheduler, dag-processor and triggerer as `airflow` commands.
 airflow: stack-up
-	$(WITH_ENV) $(BIN)/airflow standalone
+	$(WITH_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
 
 bench: stack-up
 	$(WITH_ENV) $(BIN)/python -m benchmarks $(BENCH_ARGS)
