@@ -89,15 +89,39 @@ def test_dag_id_matches_file_name(dagbag):
         assert Path(dag.fileloc).stem == dag_id
 
 
-def test_each_dag_file_parses_under_a_second(dagbag):
-    stats = dagbag.dagbag_stats
+def slow_files(folder: Path) -> list[tuple[str, float]]:
+    """Files whose own parse time is at least ``MAX_PARSE_SECONDS``, printing every file's figure.
+
+    Airflow's DAG processor imports what DAG files import once, before it parses them
+    ([dag_processor] parsing_pre_import_modules), so the figure that matters is each file's own work
+    on a warm process: the per-file stats of a second DagBag over the folder.
+    """
+    load_dagbag(folder)
+    stats = load_dagbag(folder).dagbag_stats
     assert stats, "the DagBag recorded no per-file stats"
+    slow = []
     for stat in sorted(stats, key=lambda s: s.file):
         seconds = (
             stat.duration.total_seconds() if isinstance(stat.duration, timedelta) else float(stat.duration)
         )
         print(f"parse time {stat.file}: {seconds:.3f} s")
-        assert seconds < MAX_PARSE_SECONDS, f"{stat.file} took {seconds:.2f} s to parse"
+        if seconds >= MAX_PARSE_SECONDS:
+            slow.append((stat.file, seconds))
+    return slow
+
+
+def test_each_dag_file_parses_under_a_second():
+    assert slow_files(DAGS_FOLDER) == []
+
+
+def test_parse_time_guard_catches_work_at_top_level(tmp_path):
+    _write_dag(tmp_path, "fast")
+    _write_dag(tmp_path, "slow")
+    slow_dag = tmp_path / "slow.py"
+    slow_dag.write_text(
+        "import time\ntime.sleep(1.1)  # a query or API call at parse time\n" + slow_dag.read_text()
+    )
+    assert [name for name, _ in slow_files(tmp_path)] == ["slow.py"]
 
 
 GOOD_DAG = """
