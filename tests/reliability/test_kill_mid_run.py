@@ -45,9 +45,9 @@ class TestKillBatchedDeleteInArchiveMode:
     """Rows go to S3 (verified) and are deleted batch by batch; the kill lands anywhere in that."""
 
     LOG_DAYS = 7
-    DUE = 400
-    KEPT = 60
-    BATCH = 25
+    DUE = 200
+    KEPT = 40
+    BATCH = 20
 
     def _load(self, pg: psycopg.Connection[Any]) -> set[int]:
         cutoff = ANCHOR - timedelta(days=self.LOG_DAYS)
@@ -87,7 +87,7 @@ class TestKillBatchedDeleteInArchiveMode:
             "sleep_between_batches": 0.05,
             "max_delete_fraction": 1.0,
         }
-        delay = random.Random(seed).uniform(0.1, 1.3)
+        delay = random.Random(seed).uniform(0.1, 0.8)
         outcome = run_child(
             ChildSpec(
                 operator=f"{PG_OPERATORS}:PostgresBatchedDeleteOperator",
@@ -128,7 +128,7 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
     FIRST = 2026 * 12 + 6  # July 2026
     MONTHS = 9  # July 2026 .. March 2027
     RETENTION_MONTHS = 3  # cutoff 2026-12-01 05:00: July .. November are expired
-    PER_MONTH = 40
+    PER_MONTH = 20
 
     def _load(self, pg: psycopg.Connection[Any]) -> None:
         load_monthly_progress(pg, first=self.FIRST, months=self.MONTHS, per_month=self.PER_MONTH)
@@ -160,11 +160,11 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
             "retention_months": self.RETENTION_MONTHS,
             "mode": "s3",
             "archive": {"bucket": bucket, "prefix": "partitions"},
-            "archive_chunk_rows": 15,
+            "archive_chunk_rows": 10,
         }
         rng = random.Random(seed)
-        hold = rng.uniform(0.6, 1.2)
-        delay = rng.uniform(0.05, hold + 0.6)
+        hold = rng.uniform(0.4, 0.8)
+        delay = rng.uniform(0.05, hold + 0.4)
         ready = threading.Event()
         reader = threading.Thread(target=self._reader, args=(pg_database, hold, ready), daemon=True)
         reader.start()
@@ -247,7 +247,7 @@ class _Buckets:
         self.due = due
 
 
-OLD_OBJECTS = 40
+OLD_OBJECTS = 24
 RECENT_OBJECTS = 4
 S3_RETENTION_DAYS = 30
 
@@ -311,7 +311,7 @@ class TestKillGlacierCopyThenDelete:
             operator=f"{S3_OPERATORS}:S3GlacierCopyThenDeleteOperator",
             kwargs=self._kwargs(b, "archive_logs"),
             anchor=anchor,
-            patches={f"{S3_OPERATORS}:DELETE_OBJECTS_MAX_KEYS": 5},
+            patches={f"{S3_OPERATORS}:DELETE_OBJECTS_MAX_KEYS": 4},
             s3_delays={"CopyObject": 0.02, "DeleteObjects": 0.2},
         )
 
@@ -345,7 +345,7 @@ class TestKillGlacierCopyThenDelete:
     ) -> None:
         anchor, sets = copy_delete_buckets
         b = sets[f"seed{seed}"]
-        delay = random.Random(seed).uniform(0.2, 1.4)
+        delay = random.Random(seed).uniform(0.2, 1.0)
         outcome = run_child(self._spec(b, anchor), kill_after=delay)
         assert outcome.killed, f"the task finished before the kill at {delay:.2f}s: {outcome.result()}"
         self._check_and_rerun(s3_client, b, anchor)
