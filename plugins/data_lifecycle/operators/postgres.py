@@ -735,6 +735,8 @@ class _BatchRunner:
                     sql.SQL("{}::{}").format(sql.Placeholder(f"lc_last_{i}"), sql.SQL(column.regtype))
                 )
             where = sql.SQL("{} AND ({}) > ({})").format(where, key_list, sql.SQL(", ").join(placeholders))
+        if self.writer is None and not plan.children:
+            return self._range_batch(limit, where, params, key_list)
         if self.writer is not None:
             select_list: Any = sql.SQL("*")
         else:
@@ -797,6 +799,44 @@ class _BatchRunner:
                     " the batch was rolled back"
                 )
         return len(keys), child_counts, (keys[0], keys[-1]), archived
+
+    def _range_batch(
+        self, limit: int, where: Any, params: dict[str, Any], key_list: Any
+    ) -> tuple[int, dict[str, int], tuple[tuple[Any, ...], tuple[Any, ...]], None] | None:
+        """One batch by key range: find the batch's upper key, then delete the due rows up to it.
+
+        Used when no key has to leave the database first (no archive, no children): the keys never
+        travel to Python and back, and rows are locked only by the DELETE itself, which re-checks
+        the predicate, so a row changed since the upper key was read is kept if no longer due.
+        """
+        from psycopg import sql
+
+        plan = self.plan
+        descending = sql.SQL(", ").join(sql.SQL("{} DESC").format(k.ident) for k in plan.keys)
+        upper_sql = sql.SQL(
+            "SELECT {k} FROM (SELECT {k} FROM {t} WHERE {w} ORDER BY {k} LIMIT {n}) AS batch ORDER BY {d} LIMIT 1"
+        ).format(k=key_list, t=plan.table.ident, w=where, n=sql.Literal(limit), d=descending)
+        with self.conn.transaction():
+            _set_local(self.conn, "lock_timeout", _ms(self.lock_timeout))
+            _set_local(self.conn, "statement_timeout", _ms(self.statement_timeout))
+            upper = self.conn.execute(upper_sql, params).fetchone()
+            if upper is None:
+                return None
+            upper_key = tuple(upper)
+            bounds = dict(params)
+            placeholders = []
+            for i, (column, value) in enumerate(zip(plan.keys, upper_key, strict=True)):
+                bounds[f"lc_upper_{i}"] = value
+                placeholders.append(
+                    sql.SQL("{}::{}").format(sql.Placeholder(f"lc_upper_{i}"), sql.SQL(column.regtype))
+                )
+            cur = self.conn.execute(
+                sql.SQL("DELETE FROM {t} WHERE {w} AND ({k}) <= ({u})").format(
+                    t=plan.table.ident, w=where, k=key_list, u=sql.SQL(", ").join(placeholders)
+                ),
+                bounds,
+            )
+        return cur.rowcount, {}, (upper_key, upper_key), None
 
     def _archive(self, key: str, rows: list[dict[str, Any]]) -> Any:
         assert self.writer is not None
