@@ -175,7 +175,7 @@ class TestKillPartitionRetentionDuringConcurrentDetach:
                 kwargs=kwargs,
                 anchor=ANCHOR,
                 env=_conn_env(),
-                s3_delays={"PutObject": 0.05},
+                s3_delays={"PutObject": 0.1},
             ),
             kill_after=delay,
         )

@@ -29,7 +29,7 @@ HOLD_SECONDS = 3.0
 LOCK_TIMEOUT = 0.3
 MAX_LOCK_RETRIES = 3
 # Scheduling noise on a busy machine, on top of lock_timeout, for one statement.
-MARGIN = 0.5
+MARGIN = 0.7
 SESSIONS_RETENTION = 30
 CUTOFF = ANCHOR - timedelta(days=SESSIONS_RETENTION)
 # The task's own budget; it may overrun by one lock wait and its back-off.

@@ -63,7 +63,7 @@ def _op() -> PostgresBatchedDeleteOperator:
         batch_size=50,
         min_batch_size=50,
         max_batch_size=50,
-        sleep_between_batches=0.03,
+        sleep_between_batches=0.05,
         max_delete_fraction=1.0,
     )
 
