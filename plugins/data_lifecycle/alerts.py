@@ -13,14 +13,11 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import (
-    AsyncCallback,
-    DeadlineAlert,
-    DeadlineReference,
-    ExceptionRetryPolicy,
-    RetryAction,
-    RetryRule,
-)
+from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
+
+# Deadline classes by their defining modules: airflow.sdk exports them lazily, invisible to mypy.
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
 

@@ -97,7 +97,7 @@ def subtract_months(moment: datetime, months: int) -> datetime:
     return moment.replace(year=year, month=month, day=min(moment.day, days_in_month))
 
 
-def compute_cutoff_months(context: Mapping[str, Any], months: int) -> datetime:
+def compute_cutoff_months(context: Mapping[str, Any], months: int | str) -> datetime:
     """``run_anchor(context)`` minus ``months`` calendar months (for monthly partitions)."""
     return subtract_months(run_anchor(context), parse_retention_months(months))
 

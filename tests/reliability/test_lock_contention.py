@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 
 from data_lifecycle.exceptions import LockTimeoutExhausted
 from data_lifecycle.operators.postgres import (
@@ -167,11 +166,6 @@ class TestRowLocks:
         assert pg.execute("SELECT count(*) FROM app.sessions").fetchone() == (50,)
         assert pg.execute("SELECT min(expires_at) FROM app.sessions").fetchone() == (CUTOFF,)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="PostgresBatchedDeleteOperator plans (EXPLAIN) and counts before any lock_timeout is set:"
-        " a table lock makes it wait for the holder instead of timing out",
-    )
     def test_table_lock_on_the_target_ends_within_budget(
         self, pg: psycopg.Connection[Any], pg_database: str
     ) -> None:
@@ -247,11 +241,6 @@ class TestPartitionParentLocks:
         assert summary["dropped"] == [f"app.{name}" for name in EXPIRED]
         assert _partitions(pg) == sorted(set(before) - set(EXPIRED))
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="PostgresPartitionRetentionOperator reads each expired partition (_guard) before any"
-        " lock_timeout is set: an ACCESS EXCLUSIVE lock on the parent makes it wait for the holder",
-    )
     def test_access_exclusive_lock_on_the_parent_ends_within_budget(
         self, pg: psycopg.Connection[Any], pg_database: str
     ) -> None:
@@ -269,11 +258,6 @@ class TestPartitionParentLocks:
         assert isinstance(error, LockTimeoutExhausted | psycopg.errors.LockNotAvailable), error
         assert seconds < DDL_BUDGET
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="PostgresPartitionRetentionOperator._detach runs COMMENT ON TABLE (the detach marker)"
-        " before it sets lock_timeout: a SHARE lock on the parent makes it wait for the holder",
-    )
     def test_share_lock_on_the_parent_ends_within_budget(
         self, pg: psycopg.Connection[Any], pg_database: str
     ) -> None:
@@ -291,11 +275,6 @@ class TestPartitionParentLocks:
         assert isinstance(error, LockTimeoutExhausted | psycopg.errors.LockNotAvailable), error
         assert seconds < DDL_BUDGET
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="PostgresPartitionRetentionOperator._detach ends a CONCURRENTLY detach with RESET"
-        " lock_timeout, so the next partition's COMMENT (the detach marker) runs without a lock timeout",
-    )
     def test_share_lock_on_a_later_partition_ends_within_budget(
         self, pg: psycopg.Connection[Any], pg_database: str
     ) -> None:

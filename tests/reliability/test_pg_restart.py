@@ -125,11 +125,6 @@ def test_restart_mid_delete_fails_clearly_and_the_retry_finishes(
     assert _state(pg_database) == (users, sessions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PostgresBatchedDeleteOperator._plan turns every psycopg error raised while planning (a"
-    " dropped connection included) into LifecycleConfigError, which NO_RETRY_POLICY fails without retry",
-)
 def test_connection_lost_while_planning_is_retried(pg: psycopg.Connection[Any], pg_database: str) -> None:
     _load(pg)
     holder = connect(pg_database, autocommit=False)

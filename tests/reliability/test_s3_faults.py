@@ -273,12 +273,6 @@ class TestGlacierCopyThenDeleteFaults:
         estate.check()
         estate.retry_finishes()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="S3GlacierCopyThenDeleteOperator lets a ClientError from DeleteObjects (throttling that"
-        " outlasted retries) escape flush(): the task fails with the raw error, names no key and skips"
-        " the remaining delete batches",
-    )
     def test_persistent_slowdown_on_delete_fails_naming_the_keys(
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:

@@ -176,11 +176,19 @@ class _PostgresLifecycleOperator(BaseOperator):
             conn.execute("SELECT pg_cancel_backend(%s)", (pid,))
 
     def _connect(self) -> psycopg.Connection[Any]:
-        """An autocommit connection in UTC; explicit transactions use ``conn.transaction()``."""
+        """An autocommit connection in UTC; explicit transactions use ``conn.transaction()``.
+
+        The operator's lock timeout is set for the whole session before the first catalog read, so
+        planning, counting and guard checks never queue behind another session's table lock either.
+        """
         conn = cast("psycopg.Connection[Any]", self.hook.get_conn())
         conn.autocommit = True
         _set_local(conn, "TimeZone", "UTC", local=False)
         _set_local(conn, "application_name", f"data_lifecycle:{self.task_id}"[:63], local=False)
+        session_lock_timeout = getattr(self, "lock_timeout", None)
+        if session_lock_timeout is not None:
+            seconds = _as_seconds(session_lock_timeout, field="lock_timeout") or DEFAULT_LOCK_TIMEOUT_SECONDS
+            _set_local(conn, "lock_timeout", _ms(seconds), local=False)
         self._backend_pid = conn.info.backend_pid
         return conn
 
@@ -450,7 +458,11 @@ class PostgresBatchedDeleteOperator(_PostgresLifecycleOperator):
         except (LifecycleConfigError, KeyError) as exc:
             raise LifecycleConfigError(f"extra_predicate needs a parameter that is missing: {exc}") from exc
         except Exception as exc:
-            if type(exc).__module__.startswith("psycopg"):
+            # Only a statement the server refuses to plan is a configuration error; a lost
+            # connection or a lock timeout is an operational one, and the task's retries handle it.
+            from psycopg.errors import DataError, ProgrammingError
+
+            if isinstance(exc, ProgrammingError | DataError):
                 raise LifecycleConfigError(
                     f"{table.qualified}: the delete predicate is invalid: {exc}"
                 ) from exc
@@ -1103,12 +1115,9 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
                 _set_local(conn, "lock_timeout", lock_timeout)
                 conn.execute(query)
         else:
-            # CONCURRENTLY and FINALIZE cannot run inside a transaction block.
-            _set_local(conn, "lock_timeout", lock_timeout, local=False)
-            try:
-                conn.execute(query)
-            finally:
-                conn.execute("RESET lock_timeout")
+            # CONCURRENTLY and FINALIZE cannot run inside a transaction block: the session's
+            # lock_timeout, set to the operator's value when it connected, bounds them.
+            conn.execute(query)
         summary["detached"].append(part.table.qualified)
         self.log.info("Detached %s from %s", part.table.qualified, parent.qualified)
 

@@ -374,6 +374,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         return _pooled_s3_hook(self.aws_conn_id, self.max_workers + 4)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
         cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
         dry_run = _as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
@@ -430,7 +432,13 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     else {"Key": o.key, "ETag": o.etag}
                     for o in batch
                 ]
-                deleted, errors = _delete_batches(client, self.source_bucket, entries)
+                try:
+                    deleted, errors = _delete_batches(client, self.source_bucket, entries)
+                except ClientError as exc:
+                    # Throttling that outlasted the client's retries, or any refusal of the whole
+                    # request: these sources stay (their copies are verified, so a rerun only
+                    # deletes them); the other batches go on, and the task fails naming the keys.
+                    deleted, errors = [], {o.key: f"DeleteObjects failed: {exc}" for o in batch}
                 by_label = {f"{o.key}@{o.version_id}" if o.version_id else o.key: o for o in batch}
                 for label, reason in errors.items():
                     failures[by_label[label].key if label in by_label else label] = (
