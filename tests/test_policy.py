@@ -73,6 +73,7 @@ BAD = [
         "expired_sessions.0.table", "app.s\u0435ssions", "plain 'schema.table'", id="cyrillic-lookalike"
     ),
     pytest.param("expired_sessions.0.table", "sessions", "plain 'schema.table'", id="table-without-schema"),
+    pytest.param("expired_sessions.0.table", "app.sessions\n", "plain 'schema.table'", id="trailing-newline"),
     pytest.param(
         "expired_sessions.0.timestamp_column", "expires_at--", "plain column name", id="sql-in-column"
     ),

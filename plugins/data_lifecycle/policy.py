@@ -10,7 +10,6 @@ file and touches no database or network: milliseconds at parse time.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -19,98 +18,15 @@ from typing import Any
 
 import yaml
 
+from data_lifecycle.config_fields import IDENTIFIER, QUALIFIED_TABLE
+from data_lifecycle.config_fields import ConfigFields as _Fields
 from data_lifecycle.exceptions import LifecycleConfigError
 
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "include" / "policies" / "lifecycle.yaml"
 POLICY_FILE_ENV = "LIFECYCLE_POLICY_FILE"
 
-# Plain, unquoted PostgreSQL identifiers only: no quotes, spaces, semicolons or look-alike letters.
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-QUALIFIED_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}$")
-# S3 bucket naming rules (3-63 chars, lowercase letters, digits, dots, hyphens).
-BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 ARCHIVE_STORAGE_CLASSES = ("GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
 PARTITION_MODES = ("drop", "archive_schema", "s3")
-
-_MISSING: Any = object()
-
-
-class _Fields:
-    """Reads one mapping of the policy, naming file, rule and field in every error."""
-
-    def __init__(self, raw: Any, where: str, source: str) -> None:
-        self.where = where
-        self.source = source
-        if not isinstance(raw, Mapping):
-            self.fail(None, f"must be a mapping, got {type(raw).__name__}")
-        self.raw = dict(raw)
-        self.seen: set[str] = set()
-
-    def fail(self, key: str | None, problem: str) -> None:
-        at = f"{self.where}, field '{key}'" if key else self.where
-        raise LifecycleConfigError(f"Invalid policy {self.source}: {at}: {problem}")
-
-    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        self.seen.add(key)
-        if key not in self.raw or self.raw[key] is None:
-            if default is _MISSING:
-                self.fail(key, "is required")
-            return default
-        value = self.raw[key]
-        kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
-        # bool is an int in Python; a YAML `yes` must not pass as a number of days.
-        if isinstance(value, bool) and bool not in kinds_t:
-            self.fail(key, f"must be {self._names(kinds_t)}, got {value!r}")
-        if not isinstance(value, kinds_t):
-            self.fail(key, f"must be {self._names(kinds_t)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def positive_int(self, key: str, default: Any = _MISSING, *, minimum: int = 1) -> Any:
-        value = self.get(key, int, default)
-        if value is not None and value is not default and value < minimum:
-            self.fail(key, f"must be at least {minimum}, got {value}")
-        return value
-
-    def positive_number(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, (int, float), default)
-        if value is not None and value is not default and value <= 0:
-            self.fail(key, f"must be positive, got {value}")
-        return value
-
-    def table(self, key: str) -> str:
-        value = self.get(key, str)
-        if not QUALIFIED_TABLE.match(value):
-            self.fail(key, f"must be a plain 'schema.table' name, got {value!r}")
-        return str(value)
-
-    def identifier(self, key: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, str, default)
-        if value is not None and value is not default and not IDENTIFIER.match(value):
-            self.fail(key, f"must be a plain column name, got {value!r}")
-        return value
-
-    def bucket(self, key: str) -> str:
-        value = self.get(key, str)
-        if not BUCKET_NAME.match(value):
-            self.fail(key, f"is not a valid S3 bucket name: {value!r}")
-        return str(value)
-
-    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> Any:
-        value = self.get(key, str, default)
-        if value not in choices and value is not default:
-            self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self.raw) - self.seen)
-        if unknown:
-            self.fail(unknown[0], f"is not a known field (known: {', '.join(sorted(self.seen))})")
-
-    @staticmethod
-    def _names(kinds: tuple[type, ...]) -> str:
-        names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
-        names.update({list: "a list", dict: "a mapping"})
-        return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from data_lifecycle.config_fields import BUCKET_NAME, IDENTIFIER, QUALIFIED_TABLE, ConfigFields
 from data_lifecycle.exceptions import LifecycleConfigError
 
 DEFAULT_SUBJECT_MAP_FILE = (
@@ -28,15 +29,10 @@ DEFAULT_SUBJECT_MAP_FILE = (
 )
 SUBJECT_MAP_FILE_ENV = "ERASURE_SUBJECT_MAP_FILE"
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", re.ASCII)
-QUALIFIED_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\.[A-Za-z_][A-Za-z0-9_]{0,62}$", re.ASCII)
-BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 PLACEHOLDER = "user_id"
 # Characters allowed in a key prefix template around the placeholder.
 PREFIX_TEXT = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
-
-_MISSING: Any = object()
 
 
 class Action(StrEnum):
@@ -50,56 +46,11 @@ class MaskStrategy(StrEnum):
     KEYED_HASH = "keyed_hash"
 
 
-class _Fields:
+class _Fields(ConfigFields):
     """Reads one mapping of the subject map, naming file, place and field in every error."""
 
     def __init__(self, raw: Any, where: str, source: str) -> None:
-        self.where = where
-        self.source = source
-        if not isinstance(raw, Mapping):
-            self.fail(None, f"must be a mapping, got {type(raw).__name__}")
-        self.raw = dict(raw)
-        self.seen: set[str] = set()
-
-    def fail(self, key: str | None, problem: str) -> None:
-        at = f"{self.where}, field '{key}'" if key else self.where
-        raise LifecycleConfigError(f"Invalid erasure subject map {self.source}: {at}: {problem}")
-
-    def get(self, key: str, kinds: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        self.seen.add(key)
-        if key not in self.raw or self.raw[key] is None:
-            if default is _MISSING:
-                self.fail(key, "is required")
-            return default
-        value = self.raw[key]
-        kinds_t = kinds if isinstance(kinds, tuple) else (kinds,)
-        if (isinstance(value, bool) and bool not in kinds_t) or not isinstance(value, kinds_t):
-            names = "/".join(k.__name__ for k in kinds_t)
-            self.fail(key, f"must be {names}, got {type(value).__name__} {value!r}")
-        return value
-
-    def matching(self, key: str, pattern: re.Pattern[str], what: str, default: Any = _MISSING) -> Any:
-        value = self.get(key, str, default)
-        if value is not default and not pattern.match(value):
-            self.fail(key, f"must be {what}, got {value!r}")
-        return value
-
-    def table(self, key: str) -> str:
-        return str(self.matching(key, QUALIFIED_TABLE, "a plain 'schema.table' name"))
-
-    def identifier(self, key: str, default: Any = _MISSING) -> Any:
-        return self.matching(key, IDENTIFIER, "a plain column name", default)
-
-    def positive_int(self, key: str, default: int) -> int:
-        value = self.get(key, int, default)
-        if value < 1:
-            self.fail(key, f"must be at least 1, got {value}")
-        return int(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.raw) - self.seen)
-        if unknown:
-            self.fail(unknown[0], f"is not a known field (known: {', '.join(sorted(self.seen))})")
+        super().__init__(raw, where, source, document="erasure subject map")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from data_lifecycle.exceptions import (
     VerificationFailed,
 )
 from data_lifecycle.pg_catalog import ChildRef, Column, Partition, TableRef
+from data_lifecycle.rendered import as_bool
 
 if TYPE_CHECKING:
     import psycopg
@@ -93,16 +94,6 @@ BUFFER_USAGE_LIMIT_MIN_VERSION = 160_000
 # pg_stat_force_next_flush() exists from PostgreSQL 15.
 FORCE_FLUSH_MIN_VERSION = 150_000
 _BUFFER_LIMIT_RE = re.compile(r"\d+\s*(kB|MB|GB)?")
-_FALSE_WORDS = frozenset({"false", "off", "no", "0"})
-
-
-def _as_bool(value: Any, *, field: str) -> bool:
-    """A bool, or the string a template renders one to."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
-        return value.strip().lower() in {"true", "1", "yes"}
-    raise LifecycleConfigError(f"{field} must be true or false, got {value!r}")
 
 
 def _as_seconds(value: Any, *, field: str, allow_none: bool = False) -> float | None:
@@ -314,7 +305,7 @@ class PostgresBatchedDeleteOperator(_PostgresLifecycleOperator):
         started = time.monotonic()
         retention = parse_retention_days(self.retention_days)
         cutoff = compute_cutoff(context, retention)
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         extra_params = self._checked_extra_params()
         conn = self._connect()
         try:
@@ -981,7 +972,7 @@ class PostgresPartitionRetentionOperator(_PostgresLifecycleOperator):
             cutoff = compute_cutoff_months(context, self.retention_months)
         else:
             cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         conn = self._connect()
         try:
             parent = pg_catalog.resolve_table(conn, self.table)
@@ -1248,7 +1239,7 @@ class PostgresPartitionPremakeOperator(_PostgresLifecycleOperator):
         assert months is not None
         if months > MAX_MONTHS_AHEAD:
             raise LifecycleConfigError(f"months_ahead={months} is above the limit of {MAX_MONTHS_AHEAD}")
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         anchor = run_anchor(context)
         lock_timeout = _ms(
             _as_seconds(self.lock_timeout, field="lock_timeout") or DEFAULT_DDL_LOCK_TIMEOUT_SECONDS
@@ -1424,7 +1415,7 @@ class PostgresVacuumAnalyzeOperator(_PostgresLifecycleOperator):
         from psycopg import sql
 
         started = time.monotonic()
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         conn = self._connect()
         notices: list[str] = []
         conn.add_notice_handler(lambda d: notices.append(str(d.message_primary)))

@@ -28,6 +28,7 @@ from data_lifecycle.exceptions import (
     VerificationFailed,
 )
 from data_lifecycle.pricing import monthly_saving
+from data_lifecycle.rendered import as_bool
 from data_lifecycle.s3_lifecycle_rules import merge_rules, validate_rules
 
 if TYPE_CHECKING:
@@ -52,15 +53,6 @@ STREAM_CHUNK_BYTES = 8 * 1024**2
 PROGRESS_LOG_SECONDS = 15.0
 # Archive keys listed per page of sources before falling back to one HEAD per key.
 EXISTING_COPIES_LIST_LIMIT = 5_000
-
-
-def _as_bool(value: Any, *, field: str) -> bool:
-    """A bool, or the string a template renders one to."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"true", "false", "1", "0", "yes", "no"}:
-        return value.strip().lower() in {"true", "1", "yes"}
-    raise LifecycleConfigError(f"{field} must be true or false, got {value!r}")
 
 
 def _error_code(exc: Exception) -> str:
@@ -185,7 +177,7 @@ class S3ApplyLifecycleOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         from botocore.exceptions import ClientError
 
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
         for warning in self.warnings:
             self.log.warning("%s", warning)
@@ -377,7 +369,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         from botocore.exceptions import ClientError
 
         cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
         _check_bucket(client, self.source_bucket)
         _check_bucket(client, self.dest_bucket)
@@ -796,7 +788,7 @@ class S3ExpireObjectsOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
-        dry_run = _as_bool(self.dry_run, field="dry_run")
+        dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
         _check_bucket(client, self.bucket)
         started = time.monotonic()
