@@ -42,8 +42,8 @@ dag_kwargs = lifecycle_dag_kwargs(
     task_kind="postgres_delete",
     doc_md=__doc__,
     retention_override=False,
+    params=erasure_params(),
 )
-dag_kwargs["params"] = erasure_params()
 
 
 @dag(schedule=None, **dag_kwargs)

@@ -39,8 +39,8 @@ dag_kwargs = lifecycle_dag_kwargs(
     task_kind="postgres_delete",
     doc_md=__doc__,
     retention_override=False,
+    params=replay_params(),
 )
-dag_kwargs["params"] = replay_params()
 
 
 @dag(schedule=None, **dag_kwargs)

@@ -74,8 +74,13 @@ def lifecycle_dag_kwargs(
     task_kind: str,
     doc_md: str | None,
     retention_override: bool = True,
+    params: dict[str, Param] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``@dag`` (all but ``schedule``, which each DAG states itself)."""
+    """Keyword arguments for ``@dag`` (all but ``schedule``, which each DAG states itself).
+
+    ``params`` replaces the standard ones (``dry_run`` and the retention override) for DAGs whose
+    runs need their own form, such as an erasure request.
+    """
     unknown = set(tags) - APPROVED_TAGS
     if unknown:
         raise LifecycleConfigError(f"{dag_id}: tags {sorted(unknown)} are not in the approved set")
@@ -98,7 +103,9 @@ def lifecycle_dag_kwargs(
         "deadline": deadline_alert(
             timedelta(minutes=settings.deadline_minutes), slack_conn_id=policy.slack_conn_id
         ),
-        "params": lifecycle_params(
+        "params": params
+        if params is not None
+        else lifecycle_params(
             retention_floor_days=settings.retention_floor_days if retention_override else None
         ),
     }
