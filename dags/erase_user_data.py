@@ -50,11 +50,9 @@ dag_kwargs = lifecycle_dag_kwargs(
 def erase_user_data() -> None:
     @task
     def check_coverage() -> dict[str, Any]:
-        from data_lifecycle.erasure.coverage import check_coverage as check
-        from data_lifecycle.erasure.steps import pg_connection
+        from data_lifecycle.erasure.steps import coverage_report
 
-        with pg_connection(CONNS.postgres) as conn:
-            return check(conn, load_subject_map())
+        return coverage_report(CONNS)
 
     @task
     def plan_erasure(**context: Any) -> dict[str, Any]:

@@ -47,11 +47,9 @@ dag_kwargs = lifecycle_dag_kwargs(
 def replay_erasures() -> None:
     @task
     def check_coverage() -> dict[str, Any]:
-        from data_lifecycle.erasure.coverage import check_coverage as check
-        from data_lifecycle.erasure.steps import pg_connection
+        from data_lifecycle.erasure.steps import coverage_report
 
-        with pg_connection(CONNS.postgres) as conn:
-            return check(conn, load_subject_map())
+        return coverage_report(CONNS)
 
     @task
     def find_completed_erasures(**context: Any) -> list[dict[str, Any]]:

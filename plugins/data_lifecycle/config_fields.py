@@ -7,8 +7,12 @@ are parsed, so a mistake shows up as an import error that says exactly what to f
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from data_lifecycle.exceptions import LifecycleConfigError
 
@@ -111,3 +115,26 @@ class ConfigFields:
         names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
         names.update({list: "a list", dict: "a mapping"})
         return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_yaml_file(path: Path, parse: Callable[[Any, str], Any], document: str) -> Any:
+    """``parse(yaml document, path)`` for a file, cached per path and modification time.
+
+    DAG files load their configuration on every parse; the cache keeps that to one read of a
+    small file per change, and an edited file is picked up at the next parse.
+    """
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError as exc:
+        raise LifecycleConfigError(f"{document.capitalize()} file {path} does not exist") from exc
+    return _load_cached(str(path), mtime, parse, document)
+
+
+@lru_cache(maxsize=16)
+def _load_cached(path: str, _mtime: int, parse: Callable[[Any, str], Any], document: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise LifecycleConfigError(f"Invalid {document} {path}: not valid YAML: {exc}") from exc
+    return parse(doc, path)

@@ -12,13 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import yaml
-
-from data_lifecycle.config_fields import IDENTIFIER, QUALIFIED_TABLE
+from data_lifecycle.config_fields import IDENTIFIER, QUALIFIED_TABLE, load_yaml_file
 from data_lifecycle.config_fields import ConfigFields as _Fields
 from data_lifecycle.exceptions import LifecycleConfigError
 
@@ -454,18 +451,4 @@ def policy_path() -> Path:
 def load_policy(path: Path | str | None = None) -> Policy:
     """Load and validate the policy file (cached per path and modification time)."""
     resolved = Path(path) if path is not None else policy_path()
-    try:
-        mtime = resolved.stat().st_mtime_ns
-    except FileNotFoundError as exc:
-        raise LifecycleConfigError(f"Policy file {resolved} does not exist") from exc
-    return _load_cached(str(resolved), mtime)
-
-
-@lru_cache(maxsize=8)
-def _load_cached(path: str, _mtime: int) -> Policy:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise LifecycleConfigError(f"Invalid policy {path}: not valid YAML: {exc}") from exc
-    return parse_policy(doc, path)
+    return cast(Policy, load_yaml_file(resolved, parse_policy, "policy"))

@@ -389,6 +389,15 @@ ERASE_STEPS = (
 )
 
 
+def coverage_report(conns: Connections) -> dict[str, Any]:
+    """The coverage check against the live catalog: fails naming every unmapped user reference."""
+    from data_lifecycle.erasure.coverage import check_coverage
+    from data_lifecycle.erasure.subject_map import load_subject_map
+
+    with pg_connection(conns.postgres) as conn:
+        return check_coverage(conn, load_subject_map())
+
+
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
     """The ``Run`` of a task of ``erase_user_data``, from its params."""
     from data_lifecycle.erasure.subject_map import load_subject_map

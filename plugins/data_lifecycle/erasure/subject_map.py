@@ -15,14 +15,16 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import yaml
-
-from data_lifecycle.config_fields import BUCKET_NAME, IDENTIFIER, QUALIFIED_TABLE, ConfigFields
-from data_lifecycle.exceptions import LifecycleConfigError
+from data_lifecycle.config_fields import (
+    BUCKET_NAME,
+    IDENTIFIER,
+    QUALIFIED_TABLE,
+    ConfigFields,
+    load_yaml_file,
+)
 
 DEFAULT_SUBJECT_MAP_FILE = (
     Path(__file__).resolve().parents[3] / "include" / "policies" / "erasure_subject_map.yaml"
@@ -320,20 +322,6 @@ def subject_map_path() -> Path:
 
 
 def load_subject_map(path: Path | str | None = None) -> SubjectMap:
-    """Load and validate the subject map (cached per path and modification time)."""
+    """Load and validate the erasure subject map file (cached per path and modification time)."""
     resolved = Path(path) if path is not None else subject_map_path()
-    try:
-        mtime = resolved.stat().st_mtime_ns
-    except FileNotFoundError as exc:
-        raise LifecycleConfigError(f"Erasure subject map {resolved} does not exist") from exc
-    return _load_cached(str(resolved), mtime)
-
-
-@lru_cache(maxsize=8)
-def _load_cached(path: str, _mtime: int) -> SubjectMap:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise LifecycleConfigError(f"Invalid erasure subject map {path}: not valid YAML: {exc}") from exc
-    return parse_subject_map(doc, path)
+    return cast(SubjectMap, load_yaml_file(resolved, parse_subject_map, "erasure subject map"))
