@@ -24,12 +24,13 @@ from data_lifecycle.exceptions import (
     LifecycleError,
     VerificationFailed,
 )
-from data_lifecycle.operators import s3 as s3_ops
 from data_lifecycle.operators.s3 import (
     S3ApplyLifecycleOperator,
     S3ExpireObjectsOperator,
     S3GlacierCopyThenDeleteOperator,
 )
+from data_lifecycle.operators.s3 import common as s3_common
+from data_lifecycle.operators.s3 import copy_then_delete as s3_copy
 
 RETENTION = 30
 
@@ -508,8 +509,8 @@ class TestS3GlacierCopyThenDeleteOperator:
     def test_objects_over_the_copy_limit_use_multipart_copy(
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(s3_ops, "MAX_COPY_OBJECT_BYTES", 6 * 1024**2)
-        monkeypatch.setattr(s3_ops, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
+        monkeypatch.setattr(s3_copy, "MAX_COPY_OBJECT_BYTES", 6 * 1024**2)
+        monkeypatch.setattr(s3_copy, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
         source, dest = make_bucket("src"), make_bucket("arch")
         big = bytes(range(256)) * (12 * 1024**2 // 256 + 7)
         s3_client.put_object(Bucket=source, Key="logs/big.bin", Body=big, ChecksumAlgorithm="SHA256")
@@ -628,7 +629,7 @@ class TestS3ExpireObjectsOperator:
     def test_deletes_in_batches_within_the_s3_limit(
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(s3_ops, "DELETE_OBJECTS_MAX_KEYS", 10)
+        monkeypatch.setattr(s3_common, "DELETE_OBJECTS_MAX_KEYS", 10)
         bucket = make_bucket("exp")
         put_many(s3_client, bucket, [f"tmp/{i:02d}" for i in range(25)], body=lambda k: b"x")
         op = expire_op(bucket)

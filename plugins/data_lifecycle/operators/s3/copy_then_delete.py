@@ -1,9 +1,4 @@
-"""S3 operators: lifecycle rules, archive copy-then-delete and expiry, built on the amazon provider's S3Hook.
-
-S3-compatible test servers accept more than S3 does (a DeleteObjects call with more than 1,000 keys,
-a CopyObject over 5 GB, a transition to STANDARD_IA after one day), so the limits of S3 itself are
-enforced here.
-"""
+"""Archive copy-then-delete: copy to an archive storage class, verify the copy's checksum, then delete the source."""
 
 from __future__ import annotations
 
@@ -22,21 +17,26 @@ from airflow.sdk import BaseOperator
 
 from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
 from data_lifecycle.exceptions import (
-    GuardrailTripped,
     LifecycleConfigError,
-    LifecycleError,
     VerificationFailed,
+)
+from data_lifecycle.operators.s3.common import (
+    DELETE_OBJECTS_MAX_KEYS,
+    MAX_KEYS_IN_ERROR,
+    PROGRESS_LOG_SECONDS,
+    check_bucket,
+    delete_batches,
+    is_not_found,
+    pooled_s3_hook,
+    sample_keys,
 )
 from data_lifecycle.pricing import monthly_saving
 from data_lifecycle.rendered import as_bool
-from data_lifecycle.s3_lifecycle_rules import merge_rules, validate_rules
 
 if TYPE_CHECKING:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from airflow.sdk import Context
 
-# DeleteObjects: "The request can contain a list of up to 1,000 keys that you want to delete."
-DELETE_OBJECTS_MAX_KEYS = 1_000
 # CopyObject: "You can store individual objects of up to 5 TB ... copy an object up to 5 GB in a single operation."
 MAX_COPY_OBJECT_BYTES = 5 * 1024**3
 # Part size for multipart copies (UploadPartCopy parts are 5 MiB to 5 GiB, at most 10,000 parts).
@@ -47,183 +47,9 @@ ARCHIVE_TARGET_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"})
 # Days a restored copy stays readable (RestoreObject Days) and the retrieval tier asked for.
 RESTORE_DAYS = 7
 RESTORE_TIER = "Standard"
-# How many failed keys an error message lists.
-MAX_KEYS_IN_ERROR = 20
 STREAM_CHUNK_BYTES = 8 * 1024**2
-PROGRESS_LOG_SECONDS = 15.0
 # Archive keys listed per page of sources before falling back to one HEAD per key.
 EXISTING_COPIES_LIST_LIMIT = 5_000
-
-
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _is_not_found(exc: Exception) -> bool:
-    return _error_code(exc) in ("404", "NoSuchKey", "NotFound", "NoSuchVersion")
-
-
-def _check_bucket(client: Any, bucket: str) -> None:
-    """Fail with a clear message before any write when the bucket is missing or not ours to read."""
-    from botocore.exceptions import ClientError
-
-    try:
-        client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        code = _error_code(exc)
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise LifecycleConfigError(f"S3 bucket {bucket!r} does not exist") from exc
-        if code in ("403", "AccessDenied"):
-            raise LifecycleConfigError(
-                f"S3 bucket {bucket!r} is not accessible with this connection"
-            ) from exc
-        raise
-
-
-def _pooled_s3_hook(aws_conn_id: str | None, pool: int) -> S3Hook:
-    """An S3Hook whose client keeps ``pool`` connections open (for a thread pool of that size)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-    from botocore.config import Config
-
-    hook = S3Hook(aws_conn_id=aws_conn_id)
-    base = hook.conn_config.botocore_config or Config()
-    hook.conn_config.botocore_config = base.merge(Config(max_pool_connections=pool))
-    return hook
-
-
-def _delete_batches(
-    client: Any, bucket: str, entries: Sequence[Mapping[str, Any]]
-) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
-    """DeleteObjects in batches of at most 1,000; return what was deleted and the per-key errors.
-
-    A batch answers HTTP 200 even when some keys failed, so every response's ``Errors`` is read and
-    a key missing from both ``Deleted`` and ``Errors`` counts as failed.
-    """
-    deleted: list[Mapping[str, Any]] = []
-    errors: dict[str, str] = {}
-    for start in range(0, len(entries), DELETE_OBJECTS_MAX_KEYS):
-        batch = list(entries[start : start + DELETE_OBJECTS_MAX_KEYS])
-        response = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": False})
-        done = {(d["Key"], d.get("VersionId")) for d in response.get("Deleted", [])}
-        failed = {
-            (e["Key"], e.get("VersionId")): f"{e.get('Code')}: {e.get('Message')}"
-            for e in response.get("Errors", [])
-        }
-        for entry in batch:
-            key, version = entry["Key"], entry.get("VersionId")
-            label = f"{key}@{version}" if version else key
-            # Some S3-compatible servers leave VersionId out of Deleted/Errors entries.
-            reason = failed.get((key, version)) or failed.get((key, None))
-            if reason is not None:
-                errors[label] = reason
-            elif (key, version) in done or (key, None) in done:
-                deleted.append(entry)
-            else:
-                errors[label] = "not reported as deleted"
-    return deleted, errors
-
-
-def _sample(keys: Mapping[str, str] | Sequence[str]) -> str:
-    items = [f"{k} ({v})" for k, v in keys.items()] if isinstance(keys, Mapping) else list(keys)
-    more = len(items) - MAX_KEYS_IN_ERROR
-    return ", ".join(items[:MAX_KEYS_IN_ERROR]) + (f" and {more} more" if more > 0 else "")
-
-
-class S3ApplyLifecycleOperator(BaseOperator):
-    """Merge our lifecycle rules into a bucket's configuration by rule ID.
-
-    PutBucketLifecycleConfiguration replaces the whole configuration, so the current one is read
-    first: rules with other IDs are kept untouched, rules marked ``absent`` are removed, and
-    ``TransitionDefaultMinimumObjectSize`` is passed back as it was. Nothing is written when the
-    merged rules equal the current ones. Returns the diff.
-
-    :param bucket: the bucket to configure.
-    :param rules: rules in our format (see ``data_lifecycle.s3_lifecycle_rules``); validated here.
-    :param aws_conn_id: the AWS connection.
-    :param dry_run: compute and return the diff without writing (templated).
-    """
-
-    template_fields: Sequence[str] = ("dry_run",)
-
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        rules: Sequence[Mapping[str, Any]],
-        aws_conn_id: str = "lifecycle_aws",
-        dry_run: bool | str = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if not bucket:
-            raise LifecycleConfigError(f"{self.task_id}: bucket is required")
-        self.bucket = bucket
-        self.rules = [dict(rule) for rule in rules]
-        self.aws_conn_id = aws_conn_id
-        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
-        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
-        try:
-            self.warnings = validate_rules(self.rules)
-        except LifecycleConfigError as exc:
-            raise LifecycleConfigError(f"{self.task_id} (bucket {bucket!r}): {exc}") from exc
-
-    @cached_property
-    def hook(self) -> S3Hook:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        return S3Hook(aws_conn_id=self.aws_conn_id)
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        dry_run = as_bool(self.dry_run, field="dry_run")
-        client: Any = self.hook.get_conn()
-        for warning in self.warnings:
-            self.log.warning("%s", warning)
-        current: list[dict[str, Any]] = []
-        extra: dict[str, Any] = {}
-        try:
-            response = client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
-            current = response.get("Rules", [])
-            if response.get("TransitionDefaultMinimumObjectSize"):
-                extra["TransitionDefaultMinimumObjectSize"] = response["TransitionDefaultMinimumObjectSize"]
-        except ClientError as exc:
-            if _error_code(exc) == "NoSuchBucket":
-                raise LifecycleConfigError(f"S3 bucket {self.bucket!r} does not exist") from exc
-            if _error_code(exc) != "NoSuchLifecycleConfiguration":
-                raise
-        merged, diff = merge_rules(current, self.rules)
-        put = diff.changes and not dry_run
-        if put:
-            if merged:
-                client.put_bucket_lifecycle_configuration(
-                    Bucket=self.bucket, LifecycleConfiguration={"Rules": merged}, **extra
-                )
-            else:
-                # A configuration needs at least one rule: removing the last one deletes it.
-                client.delete_bucket_lifecycle(Bucket=self.bucket)
-        result = {
-            "bucket": self.bucket,
-            "added": diff.added,
-            "changed": diff.changed,
-            "removed": diff.removed,
-            "unchanged": diff.unchanged,
-            "put": put,
-            "warnings": list(self.warnings),
-            "dry_run": dry_run,
-        }
-        self.log.info(
-            "Lifecycle of s3://%s: added %s, changed %s, removed %s, unchanged %s, %d other rule(s) kept; %s",
-            self.bucket,
-            diff.added,
-            diff.changed,
-            diff.removed,
-            diff.unchanged,
-            len(current) - len(diff.changed) - len(diff.removed) - len(diff.unchanged),
-            "written" if put else ("dry run, nothing written" if diff.changes else "already up to date"),
-        )
-        return result
 
 
 class _Crc32:
@@ -363,7 +189,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> S3Hook:
-        return _pooled_s3_hook(self.aws_conn_id, self.max_workers + 4)
+        return pooled_s3_hook(self.aws_conn_id, self.max_workers + 4)
 
     def execute(self, context: Context) -> dict[str, Any]:
         from botocore.exceptions import ClientError
@@ -371,8 +197,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
         dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
-        _check_bucket(client, self.source_bucket)
-        _check_bucket(client, self.dest_bucket)
+        check_bucket(client, self.source_bucket)
+        check_bucket(client, self.dest_bucket)
         self.log.info(
             "Archiving s3://%s/%s objects last modified before %s to s3://%s/%s as %s%s",
             self.source_bucket,
@@ -425,7 +251,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     for o in batch
                 ]
                 try:
-                    deleted, errors = _delete_batches(client, self.source_bucket, entries)
+                    deleted, errors = delete_batches(client, self.source_bucket, entries)
                 except ClientError as exc:
                     # Throttling that outlasted the client's retries, or any refusal of the whole
                     # request: these sources stay (their copies are verified, so a rerun only
@@ -485,7 +311,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         if failures:
             raise VerificationFailed(
                 f"{len(failures)} object(s) under s3://{self.source_bucket}/{self.source_prefix} were not "
-                f"archived and their sources were kept; {stats['objects']} archived. Failed: {_sample(failures)}"
+                f"archived and their sources were kept; {stats['objects']} archived. Failed: {sample_keys(failures)}"
             )
         return summary
 
@@ -558,7 +384,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         try:
             return self._client.head_object(**kwargs)
         except ClientError as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             raise
 
@@ -724,156 +550,3 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         for digest in part_digests:
             combined.update(digest)
         return f"{_b64(combined.digest())}-{len(part_digests)}"
-
-
-class S3ExpireObjectsOperator(BaseOperator):
-    """Delete objects under a prefix whose LastModified is older than the retention.
-
-    In a versioned bucket a plain delete leaves a delete marker; with ``include_versions`` the
-    operator lists versions instead and permanently deletes current versions older than the cutoff,
-    noncurrent versions that became noncurrent before it, and delete markers older than it.
-
-    :param bucket: the bucket.
-    :param prefix: key prefix; empty is refused unless ``allow_whole_bucket``.
-    :param retention_days: objects older than this many days are deleted (templated).
-    :param aws_conn_id: the AWS connection.
-    :param allow_whole_bucket: allow an empty ``prefix``.
-    :param include_versions: purge versions and delete markers too (versioned buckets).
-    :param max_objects: refuse the run, deleting nothing, if more than this many entries are due.
-    :param dry_run: only report what would be deleted (templated).
-    """
-
-    template_fields: Sequence[str] = ("retention_days", "dry_run")
-
-    def __init__(
-        self,
-        *,
-        bucket: str,
-        prefix: str,
-        retention_days: int | str,
-        aws_conn_id: str = "lifecycle_aws",
-        allow_whole_bucket: bool = False,
-        include_versions: bool = False,
-        max_objects: int = 100_000,
-        dry_run: bool | str = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.bucket = bucket
-        self.prefix = prefix
-        self.retention_days = retention_days
-        self.aws_conn_id = aws_conn_id
-        self.allow_whole_bucket = allow_whole_bucket
-        self.include_versions = include_versions
-        self.max_objects = max_objects
-        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
-        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
-        if not bucket:
-            raise LifecycleConfigError(f"{self.task_id}: bucket is required")
-        if not prefix and not allow_whole_bucket:
-            raise LifecycleConfigError(
-                f"{self.task_id} (s3://{bucket}): an empty prefix expires the whole bucket; "
-                "pass allow_whole_bucket=True"
-            )
-        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
-            raise LifecycleConfigError(
-                f"{self.task_id}: max_objects must be a positive integer, got {max_objects!r}"
-            )
-
-    @cached_property
-    def hook(self) -> S3Hook:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        return S3Hook(aws_conn_id=self.aws_conn_id)
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
-        dry_run = as_bool(self.dry_run, field="dry_run")
-        client: Any = self.hook.get_conn()
-        _check_bucket(client, self.bucket)
-        started = time.monotonic()
-        due: list[tuple[str, dict[str, str], int]] = []
-        listing = (
-            self._due_versions(client, cutoff) if self.include_versions else self._due_objects(client, cutoff)
-        )
-        for item in listing:
-            due.append(item)
-            if len(due) > self.max_objects:
-                raise GuardrailTripped(
-                    f"More than max_objects={self.max_objects} objects under s3://{self.bucket}/{self.prefix} "
-                    f"are older than {cutoff.isoformat()}; nothing was deleted. Raise max_objects if intended."
-                )
-        counts = {"object": 0, "version": 0, "delete_marker": 0}
-        size_of: dict[tuple[str, str | None], int] = {}
-        for kind, ident, size in due:
-            counts[kind] += 1
-            size_of[(ident["Key"], ident.get("VersionId"))] = size
-        summary: dict[str, Any] = {
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "cutoff": cutoff.isoformat(),
-            "objects": counts["object"],
-            "bytes": sum(size_of.values()),
-            "versions": counts["version"],
-            "delete_markers": counts["delete_marker"],
-            "dry_run": dry_run,
-        }
-        if dry_run or not due:
-            self.log.info("%s: %s", "Dry run, nothing deleted" if dry_run else "Nothing to expire", summary)
-            return summary
-        deleted, errors = _delete_batches(client, self.bucket, [ident for _, ident, _ in due])
-        kinds = {(ident["Key"], ident.get("VersionId")): kind for kind, ident, _ in due}
-        counts = {"object": 0, "version": 0, "delete_marker": 0}
-        for entry in deleted:
-            counts[kinds[(entry["Key"], entry.get("VersionId"))]] += 1
-        summary.update(
-            objects=counts["object"],
-            versions=counts["version"],
-            delete_markers=counts["delete_marker"],
-            bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
-        )
-        elapsed = max(time.monotonic() - started, 1e-6)
-        self.log.info(
-            "Expired %d entries from s3://%s/%s in %.1f s (%.0f/s): %s",
-            len(deleted),
-            self.bucket,
-            self.prefix,
-            elapsed,
-            len(deleted) / elapsed,
-            summary,
-        )
-        if errors:
-            raise LifecycleError(
-                f"{len(errors)} of {len(due)} entries under s3://{self.bucket}/{self.prefix} could not be "
-                f"deleted (the rest were): {_sample(errors)}"
-            )
-        return summary
-
-    def _due_objects(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
-        paginator = client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for obj in page.get("Contents", []):
-                if obj["LastModified"] < cutoff:
-                    yield "object", {"Key": obj["Key"]}, int(obj["Size"])
-
-    def _due_versions(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
-        """Walk every version newest first per key; a noncurrent one is due once its successor is old."""
-        paginator = client.get_paginator("list_object_versions")
-        key: str | None = None
-        successor: datetime | None = None
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            entries = [(v, "version") for v in page.get("Versions", [])] + [
-                (m, "delete_marker") for m in page.get("DeleteMarkers", [])
-            ]
-            entries.sort(key=lambda e: (e[0]["Key"], not e[0]["IsLatest"], -e[0]["LastModified"].timestamp()))
-            for entry, kind in entries:
-                if entry["Key"] != key:
-                    key, successor = entry["Key"], None
-                ident = {"Key": entry["Key"], "VersionId": entry["VersionId"]}
-                size = int(entry.get("Size", 0))
-                if entry["IsLatest"]:
-                    if entry["LastModified"] < cutoff:
-                        yield ("object" if kind == "version" else kind), ident, size
-                elif successor is not None and successor < cutoff:
-                    yield kind, ident, size
-                successor = entry["LastModified"]

@@ -1,0 +1,181 @@
+"""Expiry of objects (and, optionally, noncurrent versions) older than the retention."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
+from data_lifecycle.exceptions import (
+    GuardrailTripped,
+    LifecycleConfigError,
+    LifecycleError,
+)
+from data_lifecycle.operators.s3.common import (
+    check_bucket,
+    delete_batches,
+    sample_keys,
+)
+from data_lifecycle.rendered import as_bool
+
+if TYPE_CHECKING:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk import Context
+
+
+class S3ExpireObjectsOperator(BaseOperator):
+    """Delete objects under a prefix whose LastModified is older than the retention.
+
+    In a versioned bucket a plain delete leaves a delete marker; with ``include_versions`` the
+    operator lists versions instead and permanently deletes current versions older than the cutoff,
+    noncurrent versions that became noncurrent before it, and delete markers older than it.
+
+    :param bucket: the bucket.
+    :param prefix: key prefix; empty is refused unless ``allow_whole_bucket``.
+    :param retention_days: objects older than this many days are deleted (templated).
+    :param aws_conn_id: the AWS connection.
+    :param allow_whole_bucket: allow an empty ``prefix``.
+    :param include_versions: purge versions and delete markers too (versioned buckets).
+    :param max_objects: refuse the run, deleting nothing, if more than this many entries are due.
+    :param dry_run: only report what would be deleted (templated).
+    """
+
+    template_fields: Sequence[str] = ("retention_days", "dry_run")
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str,
+        retention_days: int | str,
+        aws_conn_id: str = "lifecycle_aws",
+        allow_whole_bucket: bool = False,
+        include_versions: bool = False,
+        max_objects: int = 100_000,
+        dry_run: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.bucket = bucket
+        self.prefix = prefix
+        self.retention_days = retention_days
+        self.aws_conn_id = aws_conn_id
+        self.allow_whole_bucket = allow_whole_bucket
+        self.include_versions = include_versions
+        self.max_objects = max_objects
+        # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
+        self.dry_run = dry_run  # type: ignore[method-assign,assignment]
+        if not bucket:
+            raise LifecycleConfigError(f"{self.task_id}: bucket is required")
+        if not prefix and not allow_whole_bucket:
+            raise LifecycleConfigError(
+                f"{self.task_id} (s3://{bucket}): an empty prefix expires the whole bucket; "
+                "pass allow_whole_bucket=True"
+            )
+        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+            raise LifecycleConfigError(
+                f"{self.task_id}: max_objects must be a positive integer, got {max_objects!r}"
+            )
+
+    @cached_property
+    def hook(self) -> S3Hook:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
+        dry_run = as_bool(self.dry_run, field="dry_run")
+        client: Any = self.hook.get_conn()
+        check_bucket(client, self.bucket)
+        started = time.monotonic()
+        due: list[tuple[str, dict[str, str], int]] = []
+        listing = (
+            self._due_versions(client, cutoff) if self.include_versions else self._due_objects(client, cutoff)
+        )
+        for item in listing:
+            due.append(item)
+            if len(due) > self.max_objects:
+                raise GuardrailTripped(
+                    f"More than max_objects={self.max_objects} objects under s3://{self.bucket}/{self.prefix} "
+                    f"are older than {cutoff.isoformat()}; nothing was deleted. Raise max_objects if intended."
+                )
+        counts = {"object": 0, "version": 0, "delete_marker": 0}
+        size_of: dict[tuple[str, str | None], int] = {}
+        for kind, ident, size in due:
+            counts[kind] += 1
+            size_of[(ident["Key"], ident.get("VersionId"))] = size
+        summary: dict[str, Any] = {
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "cutoff": cutoff.isoformat(),
+            "objects": counts["object"],
+            "bytes": sum(size_of.values()),
+            "versions": counts["version"],
+            "delete_markers": counts["delete_marker"],
+            "dry_run": dry_run,
+        }
+        if dry_run or not due:
+            self.log.info("%s: %s", "Dry run, nothing deleted" if dry_run else "Nothing to expire", summary)
+            return summary
+        deleted, errors = delete_batches(client, self.bucket, [ident for _, ident, _ in due])
+        kinds = {(ident["Key"], ident.get("VersionId")): kind for kind, ident, _ in due}
+        counts = {"object": 0, "version": 0, "delete_marker": 0}
+        for entry in deleted:
+            counts[kinds[(entry["Key"], entry.get("VersionId"))]] += 1
+        summary.update(
+            objects=counts["object"],
+            versions=counts["version"],
+            delete_markers=counts["delete_marker"],
+            bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
+        )
+        elapsed = max(time.monotonic() - started, 1e-6)
+        self.log.info(
+            "Expired %d entries from s3://%s/%s in %.1f s (%.0f/s): %s",
+            len(deleted),
+            self.bucket,
+            self.prefix,
+            elapsed,
+            len(deleted) / elapsed,
+            summary,
+        )
+        if errors:
+            raise LifecycleError(
+                f"{len(errors)} of {len(due)} entries under s3://{self.bucket}/{self.prefix} could not be "
+                f"deleted (the rest were): {sample_keys(errors)}"
+            )
+        return summary
+
+    def _due_objects(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                if obj["LastModified"] < cutoff:
+                    yield "object", {"Key": obj["Key"]}, int(obj["Size"])
+
+    def _due_versions(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
+        """Walk every version newest first per key; a noncurrent one is due once its successor is old."""
+        paginator = client.get_paginator("list_object_versions")
+        key: str | None = None
+        successor: datetime | None = None
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            entries = [(v, "version") for v in page.get("Versions", [])] + [
+                (m, "delete_marker") for m in page.get("DeleteMarkers", [])
+            ]
+            entries.sort(key=lambda e: (e[0]["Key"], not e[0]["IsLatest"], -e[0]["LastModified"].timestamp()))
+            for entry, kind in entries:
+                if entry["Key"] != key:
+                    key, successor = entry["Key"], None
+                ident = {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+                size = int(entry.get("Size", 0))
+                if entry["IsLatest"]:
+                    if entry["LastModified"] < cutoff:
+                        yield ("object" if kind == "version" else kind), ident, size
+                elif successor is not None and successor < cutoff:
+                    yield kind, ident, size
+                successor = entry["LastModified"]
