@@ -14,39 +14,10 @@ from typing import Any
 from psycopg import sql
 
 from data_lifecycle.erasure.keys import SubjectKeys
-from data_lifecycle.erasure.planner import PreparedTarget
-from data_lifecycle.erasure.subject_map import Action, BatchSettings, MaskStrategy, TableTarget
+from data_lifecycle.erasure.matching import ALIAS, PreparedTarget, match_condition
+from data_lifecycle.erasure.subject_map import Action, BatchSettings, MaskStrategy
 
 log = logging.getLogger(__name__)
-
-ALIAS = "t"
-
-
-def match_condition(target: TableTarget) -> sql.Composable:
-    """``t.<column> = %(subject)s``, or the nested ``IN (SELECT ...)`` of a join path."""
-    if not target.via:
-        return sql.SQL("{}.{} = %(subject)s").format(sql.Identifier(ALIAS), sql.Identifier(target.column))
-    inner: sql.Composable = sql.SQL("{} = %(subject)s").format(sql.Identifier(target.via[-1].column))
-    for i in range(len(target.via) - 1, 0, -1):
-        hop, nxt = target.via[i - 1], target.via[i]
-        inner = sql.SQL("{} IN (SELECT {} FROM {} WHERE {})").format(
-            sql.Identifier(hop.column), sql.Identifier(nxt.key), _table(nxt.table), inner
-        )
-    first = target.via[0]
-    return sql.SQL("{}.{} IN (SELECT {} FROM {} WHERE {})").format(
-        sql.Identifier(ALIAS),
-        sql.Identifier(target.column),
-        sql.Identifier(first.key),
-        _table(first.table),
-        inner,
-    )
-
-
-def count_matches(conn: Any, prepared: PreparedTarget, user_id: int) -> int:
-    query = sql.SQL("SELECT count(*) FROM {} AS {} WHERE {}").format(
-        prepared.info.ident, sql.Identifier(ALIAS), match_condition(prepared.target)
-    )
-    return int(conn.execute(query, {"subject": int(user_id)}).fetchone()[0])
 
 
 def erase_target(
@@ -156,8 +127,3 @@ def _batch_statement(
         b_cols=b_cols,
     )
     return query, params
-
-
-def _table(qualified: str) -> sql.Identifier:
-    schema, name = qualified.split(".", 1)
-    return sql.Identifier(schema, name)

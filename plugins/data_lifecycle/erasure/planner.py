@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from data_lifecycle.erasure.catalog import TableInfo, foreign_key_edges, table_info
+from data_lifecycle.erasure.matching import PreparedTarget, count_matches
 from data_lifecycle.erasure.subject_map import MaskStrategy, SubjectMap, TableTarget
 from data_lifecycle.exceptions import LifecycleConfigError
-
-
-@dataclass(frozen=True)
-class PreparedTarget:
-    """A map target together with its table's catalog description."""
-
-    target: TableTarget
-    info: TableInfo
-
-    @property
-    def name(self) -> str:
-        return self.target.name
 
 
 def erase_order(smap: SubjectMap, edges: set[tuple[str, str]]) -> list[TableTarget]:
@@ -92,8 +80,6 @@ def prepare_targets(conn: Any, smap: SubjectMap) -> list[PreparedTarget]:
 
 def plan_tables(conn: Any, prepared: list[PreparedTarget], user_id: int) -> list[dict[str, Any]]:
     """Rows per target that belong to the subject, in erase order."""
-    from data_lifecycle.erasure.executor import count_matches
-
     return [
         {
             "target": p.name,

@@ -17,8 +17,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
 from data_lifecycle.erasure import ledger
-from data_lifecycle.erasure.executor import count_matches, erase_target
+from data_lifecycle.erasure.executor import erase_target
 from data_lifecycle.erasure.keys import HASH_PREFIX_LENGTH, SubjectKeys, load_subject_keys
+from data_lifecycle.erasure.matching import count_matches
 from data_lifecycle.erasure.params import REQUEST_ID_PATTERN, Connections
 from data_lifecycle.erasure.planner import plan_tables, prepare_targets
 from data_lifecycle.erasure.s3_purge import delete_scanned, remaining, scan_bucket
