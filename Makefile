@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)
 # Bytecode caches keep DAG parsing and every Airflow command fast; some machines turn them off.
 unexport PYTHONDONTWRITEBYTECODE
-STACK := $(BIN)/python -m data_lifecycle.devstack
+STACK := $(BIN)/python -m devstack
 WITH_ENV := set -a && . .local/env.sh && set +a &&
 
 .PHONY: help venv lock lint format typecheck test demo airflow bench stack-up stack-down stack-status clean

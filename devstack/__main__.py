@@ -1,4 +1,4 @@
-"""The local stack: ``python -m data_lifecycle.devstack up|down|status|env``.
+"""The local stack: ``python -m devstack up|down|status|env``.
 
 - ``up`` starts PostgreSQL, the moto S3 server and the Slack sink on 127.0.0.1 (each only if it is
   not already answering), migrates the Airflow metadata database, creates the pools and variables of
@@ -24,8 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from data_lifecycle.devstack import postgres
-from data_lifecycle.devstack.settings import (
+from devstack import postgres
+from devstack.settings import (
     AIRFLOW_DATABASE,
     DEMO_DATABASE,
     HOST,
@@ -107,7 +107,7 @@ def prepare_airflow(paths: StackPaths, env: dict[str, str]) -> None:
     postgres.ensure_database(AIRFLOW_DATABASE)
     full_env = {**os.environ, **env}
     subprocess.run([_bin("airflow"), "db", "migrate"], env=full_env, check=True)
-    subprocess.run([sys.executable, "-m", "data_lifecycle.devstack.airflow_meta"], env=full_env, check=True)
+    subprocess.run([sys.executable, "-m", "devstack.airflow_meta"], env=full_env, check=True)
     marker.write_text(digest)
 
 
@@ -140,7 +140,7 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
         [
             sys.executable,
             "-m",
-            "data_lifecycle.devstack.slack_sink",
+            "devstack.slack_sink",
             "--port",
             str(SLACK_PORT),
             "--out",
@@ -179,7 +179,7 @@ def status() -> dict[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_lifecycle.devstack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "env"])
     parser.add_argument("--no-airflow", action="store_true", help="up: skip the metadata DB")
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ Connections are not stored: the stack exports them as ``AIRFLOW_CONN_*`` variabl
 
 from __future__ import annotations
 
-from data_lifecycle.devstack.settings import AirflowSettings
+from devstack.settings import AirflowSettings
 
 
 def main() -> None:

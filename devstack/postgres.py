@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from data_lifecycle.devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths
+from devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths
 
 START_TIMEOUT_SECONDS = 60
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Loopback ports of the local stack, as airflow_settings.yaml has them. LIFECYCLE_*_PORT moves a
 # service (and the connections pointing at it), so that two checkouts can run stacks side by side.

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from data_lifecycle.devstack.settings import (
+from devstack.settings import (
     HOST,
     POSTGRES_PORT,
     POSTGRES_USER,
@@ -33,7 +33,7 @@ os.environ.update(stack_environment(PATHS))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from data_lifecycle.devstack import __main__ as devstack  # noqa: E402
+from devstack import __main__ as devstack  # noqa: E402
 
 TEMPLATE_DB = "dreamseed_test_template"
 SCHEMA_SQL = PATHS.root / "include" / "sql" / "dreamseed_schema.sql"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import BENCHMARKS
-from data_lifecycle.devstack.settings import StackPaths
+from devstack.settings import StackPaths
 
 SMOKE_SCALE = "0.001"  # 2,000 sessions, 50 objects
 

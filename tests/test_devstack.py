@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from data_lifecycle.devstack.settings import HOST, SLACK_PORT, connection_json, stack_environment
+from devstack.settings import HOST, SLACK_PORT, connection_json, stack_environment
 
 
 def test_pg_database_has_dreamseed_schema(pg):

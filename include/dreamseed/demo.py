@@ -71,7 +71,7 @@ def use_demo_policy() -> None:
 def run_dags(anchor: datetime) -> dict[str, str]:
     from airflow.dag_processing.dagbag import DagBag
 
-    from data_lifecycle.devstack.dag_runner import test_run
+    from devstack.dag_runner import test_run
 
     bag = DagBag(dag_folder=str(DAGS_FOLDER), safe_mode=False)
     if bag.import_errors:

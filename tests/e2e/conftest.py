@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from data_lifecycle.devstack.dag_runner import test_run
 from data_lifecycle.policy import DEFAULT_POLICY_FILE, POLICY_FILE_ENV, Policy, load_policy
+from devstack.dag_runner import test_run
 from include.dreamseed.demo import demo_anchor
 from include.dreamseed.generate import Sizes, load_postgres, load_s3
 

@@ -17,7 +17,6 @@ import psycopg
 import pytest
 
 from data_lifecycle import archive as archive_mod
-from data_lifecycle.devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER
 from data_lifecycle.exceptions import (
     GuardrailTripped,
     LifecycleConfigError,
@@ -30,6 +29,7 @@ from data_lifecycle.operators.postgres import (
     PostgresPartitionRetentionOperator,
     PostgresVacuumAnalyzeOperator,
 )
+from devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER
 
 ANCHOR = datetime(2027, 3, 1, 5, 0, tzinfo=UTC)
 RETENTION_DAYS = 30

@@ -24,8 +24,8 @@ from typing import Any
 
 import psycopg
 
-from data_lifecycle.devstack import postgres as pg_devstack
-from data_lifecycle.devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths
+from devstack import postgres as pg_devstack
+from devstack.settings import HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths
 
 # Imported once by the forkserver so each child starts without paying for Airflow's imports.
 FORKSERVER_PRELOAD = [

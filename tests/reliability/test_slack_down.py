@@ -23,9 +23,9 @@ import psycopg
 import pytest
 
 from data_lifecycle.alerts import SlackFailureNotice
-from data_lifecycle.devstack.slack_sink import CONTROL_PATH, SinkState, make_handler
 from data_lifecycle.exceptions import GuardrailTripped
 from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
+from devstack.slack_sink import CONTROL_PATH, SinkState, make_handler
 from tests.reliability.data import ANCHOR, load_sessions
 from tests.reliability.harness import run_context
 
