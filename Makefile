@@ -11,7 +11,7 @@ unexport PYTHONDONTWRITEBYTECODE
 STACK := $(BIN)/python -m devstack
 WITH_ENV := set -a && . .local/env.sh && set +a &&
 
-.PHONY: help venv lock lint format typecheck test demo airflow bench stack-up stack-down stack-status clean
+.PHONY: help system-deps venv lock lint format typecheck test demo airflow bench stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
@@ -21,6 +21,15 @@ help:
 	@echo "make stack-up | stack-down | stack-status   the local PostgreSQL, S3 and Slack sink"
 	@echo "make lock      re-lock requirements-lock.txt from requirements-dev.in"
 
+# Debian packages from packages-dev.txt that are not installed yet (needs root, as on CI).
+system-deps:
+	@missing=$$(grep -v '^#' packages-dev.txt | xargs -r -n1 sh -c 'dpkg -s "$$0" >/dev/null 2>&1 || echo "$$0"'); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root or install them: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
 $(BIN)/.installed: requirements-lock.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,7 +37,7 @@ $(BIN)/.installed: requirements-lock.txt
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements-lock.txt
 	touch $@
 
-venv: $(BIN)/.installed
+venv: system-deps $(BIN)/.installed
 
 lock: venv
 	$(BIN)/uv pip compile --quiet --no-header --python-version 3.11 requirements-dev.in -o requirements-lock.txt
