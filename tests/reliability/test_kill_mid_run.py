@@ -311,7 +311,7 @@ class TestKillGlacierCopyThenDelete:
             operator=f"{S3_OPERATORS}:S3GlacierCopyThenDeleteOperator",
             kwargs=self._kwargs(b, "archive_logs"),
             anchor=anchor,
-            patches={f"{S3_OPERATORS}.common:DELETE_OBJECTS_MAX_KEYS": 4},
+            patches={f"{S3_OPERATORS}.copy_then_delete:DELETE_OBJECTS_MAX_KEYS": 4},
             s3_delays={"CopyObject": 0.02, "DeleteObjects": 0.2},
         )
 

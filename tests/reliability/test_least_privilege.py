@@ -208,7 +208,7 @@ def test_the_cleanup_role_may_append_to_audit_and_ledger(
 # -- the IAM policy -------------------------------------------------------------------------------
 
 S3_CODE = [
-    ROOT / "plugins" / "data_lifecycle" / "operators" / "s3.py",
+    *sorted((ROOT / "plugins" / "data_lifecycle" / "operators" / "s3").glob("*.py")),
     ROOT / "plugins" / "data_lifecycle" / "archive.py",
     *sorted((ROOT / "plugins" / "data_lifecycle" / "erasure").glob("*.py")),
 ]

@@ -276,9 +276,9 @@ class TestGlacierCopyThenDeleteFaults:
     def test_persistent_slowdown_on_delete_fails_naming_the_keys(
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        from data_lifecycle.operators.s3 import common as s3_common
+        from data_lifecycle.operators.s3 import copy_then_delete
 
-        monkeypatch.setattr(s3_common, "DELETE_OBJECTS_MAX_KEYS", 10)
+        monkeypatch.setattr(copy_then_delete, "DELETE_OBJECTS_MAX_KEYS", 10)
         estate = Estate(s3_client, make_bucket)
         calls: list[int] = []
 
