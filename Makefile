@@ -11,13 +11,14 @@ unexport PYTHONDONTWRITEBYTECODE
 STACK := $(BIN)/python -m devstack
 WITH_ENV := set -a && . .local/env.sh && set +a &&
 
-.PHONY: help system-deps venv lock lint format typecheck test demo airflow bench stack-up stack-down stack-status clean
+.PHONY: help system-deps venv lock lint format typecheck test demo airflow bench bench-scale stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
 	@echo "make test      ruff and mypy, then pytest against the real local stack"
 	@echo "make airflow   the Airflow UI on http://localhost:8080 over the local stack"
 	@echo "make bench     side-by-side benchmarks (results in benchmarks/results/)"
+	@echo "make bench-scale   how cost grows with size (0.5M, 2M, 8M rows; long)"
 	@echo "make stack-up | stack-down | stack-status   the local PostgreSQL, S3 and Slack sink"
 	@echo "make lock      re-lock requirements-lock.txt from requirements-dev.in"
 
@@ -74,6 +75,10 @@ airflow: stack-up
 
 bench: stack-up
 	$(WITH_ENV) $(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+# Opt-in, long: the batched delete and partition retention at 0.5M, 2M and 8M rows.
+bench-scale: stack-up
+	$(WITH_ENV) $(BIN)/python -m benchmarks.scale $(BENCH_ARGS)
 
 clean: stack-down
 	rm -rf .local
