@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_lifecycle.exceptions import LifecycleConfigError
+from data_lifecycle.pricing import MIN_STORAGE_DAYS
 
 # PutBucketLifecycleConfiguration: "A lifecycle configuration can have up to 1,000 rules."
 MAX_LIFECYCLE_RULES = 1_000
@@ -26,14 +27,6 @@ MAX_RULE_ID_LENGTH = 255
 # Lifecycle transition considerations: objects must be stored >= 30 days before moving to an IA class.
 IA_MIN_TRANSITION_DAYS = 30
 IA_CLASSES = frozenset({"STANDARD_IA", "ONEZONE_IA"})
-# S3 pricing, minimum storage duration charge per class (days).
-MIN_STORAGE_DAYS: Mapping[str, int] = {
-    "STANDARD_IA": 30,
-    "ONEZONE_IA": 30,
-    "GLACIER_IR": 90,
-    "GLACIER": 90,
-    "DEEP_ARCHIVE": 180,
-}
 # Lifecycle transition waterfall: which class an object may move on to from each class.
 ALLOWED_NEXT_CLASS: Mapping[str, frozenset[str]] = {
     "STANDARD_IA": frozenset({"INTELLIGENT_TIERING", "ONEZONE_IA", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"}),
