@@ -1,8 +1,9 @@
 """Before/after snapshots of the DreamSeed estate, and the report ``make demo`` prints.
 
 A snapshot counts rows per table, the partitions of partitioned tables, objects and bytes per
-storage class in each demo bucket, the estimated monthly storage cost, and the Slack messages
-received so far.
+storage class in each demo bucket (and keeps the listing, for the cost forecast), the estimated
+monthly storage cost, and the Slack messages received so far. The report ends with the 12-month
+S3 cost forecast of the demo's buckets under the policy's rules, and of the seed's scenario.
 """
 
 from __future__ import annotations
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from data_lifecycle.pricing import monthly_cost
+from data_lifecycle.forecast import ObjectGroup, Rules, compare, month_table, rules_by_bucket, seed_report
+from data_lifecycle.pricing import DEFAULT_REGION, MIN_TRANSITION_BYTES, PRICES
 from include.dreamseed.generate import BUCKETS
 
 TABLES = (
@@ -34,6 +38,7 @@ class Snapshot:
     objects: dict[str, dict[str, int]] = field(default_factory=dict)  # bucket -> class -> count
     bytes: dict[str, dict[str, int]] = field(default_factory=dict)  # bucket -> class -> bytes
     lifecycle_rules: dict[str, list[str]] = field(default_factory=dict)
+    listing: list[ObjectGroup] = field(default_factory=list)  # one group per object, aged at `taken`
     slack_messages: int = 0
 
     @property
@@ -44,13 +49,13 @@ class Snapshot:
                 total[cls] += size
         return dict(total)
 
-    @property
-    def monthly_cost_usd(self) -> float:
-        return monthly_cost(self.bytes_by_class)
 
-
-def take_snapshot(conn: Any, s3: Any, slack_file: Path | None = None) -> Snapshot:
+def take_snapshot(
+    conn: Any, s3: Any, slack_file: Path | None = None, now: datetime | None = None
+) -> Snapshot:
     snap = Snapshot()
+    # S3 ages objects by its own clock (LastModified), not by the DAG runs' logical date.
+    now = now or datetime.now(UTC)
     for table in TABLES:
         schema, name = table.split(".")
         row = conn.execute(
@@ -85,6 +90,8 @@ def take_snapshot(conn: Any, s3: Any, slack_file: Path | None = None) -> Snapsho
                     cls = obj.get("StorageClass") or "STANDARD"
                     counts[cls] += 1
                     sizes[cls] += int(obj["Size"])
+                    age = max(0, (now - obj["LastModified"]).days)
+                    snap.listing.append(ObjectGroup(bucket, obj["Key"], 1, int(obj["Size"]), age, cls))
             rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
             snap.lifecycle_rules[bucket] = sorted(r["ID"] for r in rules)
         except s3.exceptions.NoSuchBucket:
@@ -104,7 +111,36 @@ def _mib(size: int) -> str:
     return f"{size / 1024 / 1024:,.2f} MiB"
 
 
-def render_report(before: Snapshot, after: Snapshot, slack_texts: list[str], results: dict[str, str]) -> str:
+def forecast_lines(snap: Snapshot, rules: Mapping[str, Rules] | None = None) -> list[str]:
+    """The next 12 months of the demo's buckets as the run left them (no rules vs the policy's
+    lifecycle and expiry rules), then the seed's scenario: 10 GiB of new data a day."""
+    if rules is None:
+        from data_lifecycle.policy import load_policy
+
+        rules = rules_by_bucket(load_policy())
+    prices = PRICES[DEFAULT_REGION]
+    small = sum(1 for g in snap.listing if g.size_bytes < MIN_TRANSITION_BYTES)
+    comparison = compare(snap.listing, rules, months=12, prices=prices)
+    return [
+        f"== S3 cost forecast, next 12 months ({prices.region} prices of {prices.as_of}, USD) ==",
+        f"  the demo's buckets after the run: {len(snap.listing)} objects, "
+        f"{_mib(sum(g.size_bytes for g in snap.listing))}, under the policy's storage_tiers and s3_expiry rules;",
+        f"  {small} of them are under 128 KiB, which S3 does not transition (they stay in their class)"
+        + ("; the seed's scenario below shows the rules at scale" if small == len(snap.listing) else ""),
+        *month_table(comparison, unit="MiB"),
+        f"  12-month saving of the rules: ${comparison.saving_usd:,.6f}",
+        "",
+        *seed_report(daily_gb=10, object_size=16 * 1024**2, prices=prices),
+    ]
+
+
+def render_report(
+    before: Snapshot,
+    after: Snapshot,
+    slack_texts: list[str],
+    results: dict[str, str],
+    policy_rules: Mapping[str, Rules] | None = None,
+) -> str:
     out: list[str] = []
     out.append("== DAG runs ==")
     for dag_id, state in results.items():
@@ -138,11 +174,12 @@ def render_report(before: Snapshot, after: Snapshot, slack_texts: list[str], res
         if rules is not None:
             out.append(f"  {bucket:24} lifecycle rules: {', '.join(rules) or 'none'}")
     out.append("")
-    out.append("== Estimated monthly storage cost (S3, storage only) ==")
-    out.append(f"  before ${before.monthly_cost_usd:,.6f}   after ${after.monthly_cost_usd:,.6f}")
+    out.append("== S3 storage per class ==")
     for label, snap in (("before", before), ("after", after)):
         parts = ", ".join(f"{cls} {_mib(size)}" for cls, size in sorted(snap.bytes_by_class.items()))
         out.append(f"  {label}: {parts}")
+    out.append("")
+    out.extend(forecast_lines(after, policy_rules))
     out.append("")
     out.append(f"== Slack messages received during the demo: {len(slack_texts)} ==")
     for text in slack_texts:
