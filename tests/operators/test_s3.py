@@ -651,6 +651,28 @@ class TestS3GlacierCopyThenDeleteOperator:
         assert s3_client.get_object(Bucket=dest, Key="archive/logs/big.bin")["Body"].read() == big
         assert all_keys(s3_client, source) == []
 
+    def test_a_multipart_copy_does_not_replace_an_archive_key_written_meanwhile(
+        self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(s3_copy, "MAX_COPY_OBJECT_BYTES", 6 * 1024**2)
+        monkeypatch.setattr(s3_copy, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
+        source, dest = make_bucket("src"), make_bucket("arch")
+        big = bytes(range(256)) * (7 * 1024**2 // 256)
+        s3_client.put_object(Bucket=source, Key="logs/big.bin", Body=big, ChecksumAlgorithm="SHA256")
+        op = archive_op(source, dest)
+
+        def someone_writes_it(params: dict[str, Any], **_: Any) -> None:
+            s3_client.put_object(Bucket=dest, Key=params["Key"], Body=b"theirs")
+
+        op.hook.get_conn().meta.events.register(
+            "provide-client-params.s3.CreateMultipartUpload", someone_writes_it
+        )
+        with pytest.raises(VerificationFailed, match="written while this copy ran"):
+            op.execute(everything_old())
+
+        assert s3_client.get_object(Bucket=dest, Key="archive/logs/big.bin")["Body"].read() == b"theirs"
+        assert all_keys(s3_client, source) == ["logs/big.bin"]
+
     def test_dry_run_touches_nothing(self, s3_client: Any, make_bucket: Any) -> None:
         source, dest = make_bucket("src"), make_bucket("arch")
         put_many(s3_client, source, ["logs/a", "logs/b"], body=body_of)
