@@ -9,8 +9,8 @@ After every step the buckets are checked against the model:
 * nothing inside retention is deleted (a version counts from when it became noncurrent);
 * a rerun of the same run copies nothing and deletes nothing.
 
-``LIFECYCLE_STATEFUL_EXAMPLES`` / ``LIFECYCLE_STATEFUL_STEPS`` run more (the defaults keep
-``make test`` to a few seconds).
+``LIFECYCLE_STATEFUL_EXAMPLES``, ``LIFECYCLE_STATEFUL_STEPS`` and ``LIFECYCLE_STATEFUL_TICKS`` run
+more (the defaults keep ``make test`` to a few seconds).
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ KEYS = st.sampled_from(["logs/a", "logs/b", "logs/c"])
 # Fewer keys, longer histories: versions and markers pile up on one key.
 VERSIONED_KEYS = st.sampled_from(["logs/a", "logs/b"])
 BODIES = st.binary(min_size=1, max_size=48)
-# Each tick sleeps into the next second; a few per example give runs old and recent objects.
-MAX_TICKS = 2
+# Each tick sleeps into the next second, giving runs old and recent objects; one per example keeps
+# make test quick (LIFECYCLE_STATEFUL_TICKS for more).
+MAX_TICKS = int(os.environ.get("LIFECYCLE_STATEFUL_TICKS", "1"))
 SETTINGS = settings(
     max_examples=int(os.environ.get("LIFECYCLE_STATEFUL_EXAMPLES", "3")),
-    stateful_step_count=int(os.environ.get("LIFECYCLE_STATEFUL_STEPS", "8")),
+    stateful_step_count=int(os.environ.get("LIFECYCLE_STATEFUL_STEPS", "6")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
