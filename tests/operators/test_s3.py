@@ -903,6 +903,28 @@ class TestS3ExpireObjectsOperator:
         (sent,) = calls.calls["DeleteObjects"]
         assert [set(o) for o in sent["Delete"]["Objects"]] == [{"Key", "ETag"}]
 
+    def test_a_null_version_rewritten_after_the_listing_is_kept(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        """Without versioning every object is the ``null`` version, and a write replaces it: deleting
+        ``VersionId=null`` would delete the new bytes."""
+        bucket = make_bucket("exp")
+        put_many(s3_client, bucket, ["tmp/a", "tmp/b"], body=body_of)
+        op = expire_op(bucket, include_versions=True)
+        calls = CallCounter(op.hook.get_conn(), "ListObjectVersions")
+
+        def rewrite_after_first_listing(**_: Any) -> None:
+            if calls.count("ListObjectVersions") == 1:
+                s3_client.put_object(Bucket=bucket, Key="tmp/a", Body=b"written after the listing")
+
+        op.hook.get_conn().meta.events.register(
+            "after-call.s3.ListObjectVersions", rewrite_after_first_listing
+        )
+        summary = op.execute(everything_old())
+
+        assert (summary["objects"], summary["kept_changed"]) == (1, 1)
+        assert s3_client.get_object(Bucket=bucket, Key="tmp/a")["Body"].read() == b"written after the listing"
+
     def test_an_object_rewritten_at_the_delete_is_kept_by_the_conditional_delete(
         self, s3_client: Any, make_bucket: Any, real_s3: None
     ) -> None:

@@ -88,26 +88,34 @@ def current_etags(client: Any, bucket: str, prefix: str, keys: Iterable[str]) ->
     return found
 
 
+def _mutable(entry: Mapping[str, Any]) -> bool:
+    """A plain key, or the ``null`` version (which the next write to the key replaces)."""
+    return entry.get("VersionId") in (None, "null")
+
+
 def unchanged_since_listed(
     client: Any, bucket: str, prefix: str
 ) -> Callable[[list[Mapping[str, Any]]], tuple[list[Mapping[str, Any]], dict[str, str]]]:
-    """A ``delete_batches`` check: keep out every entry whose object is gone or has another ETag now.
+    """A ``delete_batches`` check: keep out every entry whose object changed since it was listed.
 
-    Deletes carry the ETag too, but S3-compatible servers may ignore it; this check does not
-    depend on them. Entries with a VersionId need no check: a version never changes.
+    Deletes carry the ETag too, but S3-compatible servers may ignore it; this check does not depend
+    on them. A version with an id of its own never changes and needs no check; a plain key or a
+    ``null`` version must still be the current object with the listed ETag (a ``null`` delete
+    marker: the key must still have no current object).
     """
 
     def confirm(batch: list[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
-        plain = [e["Key"] for e in batch if not e.get("VersionId")]
-        now = current_etags(client, bucket, prefix, plain)
+        now = current_etags(client, bucket, prefix, [e["Key"] for e in batch if _mutable(e)])
         keep: list[Mapping[str, Any]] = []
         changed: dict[str, str] = {}
         for entry in batch:
-            if entry.get("VersionId") or now.get(entry["Key"]) == entry.get("ETag"):
+            if not _mutable(entry) or now.get(entry["Key"]) == entry.get("ETag"):
                 keep.append(entry)
+            elif entry.get("ETag") is None:
+                changed[entry_label(entry)] = "written since it was listed"
             else:
-                changed[entry["Key"]] = (
-                    "gone" if entry["Key"] not in now else "rewritten since it was checked"
+                changed[entry_label(entry)] = (
+                    "gone" if entry["Key"] not in now else "rewritten since it was listed"
                 )
         return keep, changed
 

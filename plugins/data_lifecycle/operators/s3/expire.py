@@ -223,6 +223,9 @@ class S3ExpireObjectsOperator(BaseOperator):
                 if entry["Key"] != key:
                     key, previous, since = entry["Key"], None, None
                 ident = {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+                if entry["VersionId"] == "null" and entry.get("ETag"):
+                    # The next write to the key replaces the null version: delete only these bytes.
+                    ident["ETag"] = entry["ETag"]
                 size = int(entry.get("Size", 0))
                 if entry["IsLatest"]:
                     since = modified
