@@ -5,7 +5,8 @@ The recycling centre, daily 05:30 UTC: each declared bucket gets its storage-tie
 (hot STANDARD → warm STANDARD_IA at 30 days → cold GLACIER at 90 → deep DEEP_ARCHIVE at 365),
 merged by rule ID with whatever else the bucket has. Where the policy asks for cross-bucket
 archiving, old objects are copied to the archive bucket in a cold class, verified (size and
-checksum), and only then deleted from the source.
+SHA-256), and only then deleted from the source; an archive object is never replaced, versioned
+sources are refused, and the archive bucket's own rules (declared in the policy) expire archives.
 
 - **Targets**: `storage_tiers` and `object_archives` in `include/policies/lifecycle.yaml`.
 - **No-op runs**: when a bucket's rules are already right, no PUT is made.

@@ -169,3 +169,13 @@ class SlackSink:
 @pytest.fixture
 def slack_sink(local_stack: StackPaths) -> SlackSink:
     return SlackSink(local_stack.slack_messages)
+
+
+@pytest.fixture
+def real_s3(s3_client: Any) -> Iterator[None]:
+    """S3 clients created in the test answer conditional requests as S3 does (412 on a stale ETag in
+    DeleteObjects, on IfNoneMatch onto an existing key), where the moto server ignores them."""
+    from tests.reliability.harness import real_s3_conditions, s3_faults
+
+    with s3_faults(*real_s3_conditions(s3_client)):
+        yield

@@ -91,6 +91,10 @@ BAD = [
     pytest.param(
         "object_archives.0.storage_class", "GLACIER_DEEP", "storage_class", id="invalid-storage-class"
     ),
+    pytest.param(
+        "object_archives.0.dest_bucket", "dreamseed-logs", "overlap in bucket", id="archive-onto-its-source"
+    ),
+    pytest.param("storage_tiers.0.rules.1.prefix", "", "whole bucket", id="whole-bucket-lifecycle-rule"),
     pytest.param("partitions.0.mode", "truncate", "mode", id="unknown-partition-mode"),
     pytest.param("partitions.0.retention_months", 0, "retention_months", id="zero-partition-retention"),
     pytest.param("dags.default.retries", 1, "retries", id="too-few-retries"),
@@ -132,3 +136,80 @@ def test_malformed_yaml_names_the_file(tmp_path: Path):
 def test_missing_file_is_a_clear_error(tmp_path: Path):
     with pytest.raises(LifecycleConfigError, match="does not exist"):
         load_policy(tmp_path / "nope.yaml")
+
+
+def _archive_doc(shipped: Any, **rule: Any) -> Any:
+    doc = copy.deepcopy(shipped)
+    doc["object_archives"][0].update(rule)
+    return doc
+
+
+def test_overlapping_archive_prefixes_in_one_bucket_are_refused(shipped):
+    doc = _archive_doc(shipped, dest_bucket="dreamseed-logs", source_prefix="logs/a/", dest_prefix="logs/")
+    with pytest.raises(LifecycleConfigError, match=r"logs_to_glacier.*dest_prefix.*overlap"):
+        parse_policy(doc, "policy.yaml")
+
+
+def test_a_prefix_tiered_by_lifecycle_and_archived_by_copy_is_refused(shipped):
+    doc = copy.deepcopy(shipped)
+    doc["storage_tiers"][0]["rules"][0] = {
+        "id": "lifecycle-logs-tiers",
+        "prefix": "app/",
+        "transitions": [{"days": 90, "storage_class": "GLACIER"}],
+    }
+    with pytest.raises(
+        LifecycleConfigError,
+        match=r"policy.yaml: storage_tiers rule 'logs_bucket' lifecycle rule 'lifecycle-logs-tiers' and "
+        r"object_archives rule 'logs_to_glacier' \(source\) both act on s3://dreamseed-logs/.*one mechanism",
+    ):
+        parse_policy(doc, "policy.yaml")
+
+
+@pytest.mark.parametrize(
+    ("section", "rule"),
+    [
+        pytest.param(
+            "s3_expiry",
+            {"id": "logs", "bucket": "dreamseed-logs", "prefix": "app/old/", "retention_days": 30},
+            id="expiry-under-an-archived-prefix",
+        ),
+        pytest.param(
+            "s3_expiry",
+            {"id": "archives", "bucket": "dreamseed-log-archive", "prefix": "app/", "retention_days": 30},
+            id="expiry-of-the-archive",
+        ),
+        pytest.param(
+            "object_archives",
+            {
+                "id": "again",
+                "source_bucket": "dreamseed-log-archive",
+                "source_prefix": "app/",
+                "dest_bucket": "dreamseed-uploads",
+                "dest_prefix": "old-logs/",
+                "retention_days": 30,
+            },
+            id="archive-of-an-archive",
+        ),
+    ],
+)
+def test_two_mechanisms_on_one_prefix_are_refused(shipped, section, rule):
+    doc = copy.deepcopy(shipped)
+    doc[section].append(rule)
+    with pytest.raises(LifecycleConfigError, match="one mechanism"):
+        parse_policy(doc, "policy.yaml")
+
+
+def test_an_archive_needs_a_declared_expiring_lifecycle(shipped):
+    doc = copy.deepcopy(shipped)
+    doc["storage_tiers"] = [t for t in doc["storage_tiers"] if t["bucket"] != "dreamseed-log-archive"]
+    with pytest.raises(
+        LifecycleConfigError,
+        match=r"logs_to_glacier.*s3://dreamseed-log-archive/app/ has no declared lifecycle",
+    ):
+        parse_policy(doc, "policy.yaml")
+
+
+def test_the_shipped_archive_bucket_has_its_own_lifecycle(shipped):
+    policy = parse_policy(shipped, "policy.yaml")
+    (tiers,) = [t for t in policy.storage_tiers if t.bucket == "dreamseed-log-archive"]
+    assert any(r.get("prefix") == "app/" and r.get("expiration_days") for r in tiers.rules)

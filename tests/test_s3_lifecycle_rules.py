@@ -217,3 +217,44 @@ def test_merge_counts_kept_rules_against_the_limit() -> None:
     current = [to_aws_rule({"id": f"f{i}", "expiration_days": 9}) for i in range(999)]
     with pytest.raises(LifecycleConfigError, match="1001 lifecycle rules"):
         merge_rules(current, [{"id": "a", "expiration_days": 1}, {"id": "b", "expiration_days": 1}])
+
+
+@pytest.mark.parametrize(
+    "whole_bucket",
+    [
+        pytest.param({"id": "x", "prefix": "", "expiration_days": 30}, id="empty-prefix-expiration"),
+        pytest.param({"id": "x", "expiration_days": 30}, id="no-prefix"),
+        pytest.param({"id": "x", "prefix": "", "noncurrent_expiration_days": 1}, id="noncurrent-expiration"),
+        pytest.param(
+            {"id": "x", "transitions": [{"days": 30, "storage_class": "STANDARD_IA"}]}, id="transition"
+        ),
+        pytest.param(
+            {"id": "x", "prefix": "", "expiration_days": 30, "abort_incomplete_multipart_days": 7},
+            id="expiration-beside-abort",
+        ),
+    ],
+)
+def test_whole_bucket_rules_are_refused_unless_allowed(whole_bucket: dict[str, Any]) -> None:
+    with pytest.raises(LifecycleConfigError, match=r"'x'.*whole bucket.*allow_whole_bucket: true"):
+        validate_rules([whole_bucket])
+
+    allowed = {**whole_bucket, "allow_whole_bucket": True}
+    validate_rules([allowed])
+    assert "allow_whole_bucket" not in str(to_aws_rule(allowed))
+
+
+@pytest.mark.parametrize(
+    "scoped",
+    [
+        pytest.param({"id": "x", "prefix": "", "abort_incomplete_multipart_days": 7}, id="abort-only"),
+        pytest.param({"id": "x", "prefix": "", "tags": {"k": "v"}, "expiration_days": 3}, id="tag-filter"),
+        pytest.param({"id": "x", "prefix": "tmp/", "expiration_days": 3}, id="prefix"),
+    ],
+)
+def test_rules_that_do_not_act_on_the_whole_bucket_pass(scoped: dict[str, Any]) -> None:
+    assert validate_rules([scoped]) == []
+
+
+def test_allow_whole_bucket_must_be_a_boolean() -> None:
+    with pytest.raises(LifecycleConfigError, match="allow_whole_bucket must be true or false"):
+        validate_rules([{"id": "x", "prefix": "", "expiration_days": 3, "allow_whole_bucket": "yes"}])

@@ -8,7 +8,9 @@ A friendly rule (what the policy file produces)::
      "noncurrent_transitions": [{"days": 30, "storage_class": "GLACIER"}],
      "noncurrent_expiration_days": 90, "absent": False}
 
-``absent: True`` means "remove the rule with this id". Everything here is pure: no network.
+``absent: True`` means "remove the rule with this id". A rule with an empty prefix and no tags acts
+on the whole bucket: that is refused, except for ``abort_incomplete_multipart_days`` alone, unless the
+rule says ``allow_whole_bucket: True``. Everything here is pure: no network.
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ _RULE_KEYS = frozenset(
         "noncurrent_transitions",
         "noncurrent_expiration_days",
         "absent",
+        "allow_whole_bucket",
     }
 )
+# Actions that change or remove objects (abort_incomplete_multipart_days only drops unfinished uploads).
+_OBJECT_ACTIONS = ("transitions", "expiration_days", "noncurrent_transitions", "noncurrent_expiration_days")
 
 
 @dataclass(frozen=True)
@@ -206,6 +211,17 @@ def validate_rules(rules: Iterable[Mapping[str, Any]]) -> list[str]:
                 raise LifecycleConfigError(
                     f"Lifecycle rule {rule_id!r}: abort_incomplete_multipart_days cannot be used with tags"
                 )
+        allow_whole = rule.get("allow_whole_bucket", False)
+        if not isinstance(allow_whole, bool):
+            raise LifecycleConfigError(
+                f"Lifecycle rule {rule_id!r}: allow_whole_bucket must be true or false"
+            )
+        acts = [k for k in _OBJECT_ACTIONS if rule.get(k) not in (None, [])]
+        if not prefix and not tags and acts and not allow_whole:
+            raise LifecycleConfigError(
+                f"Lifecycle rule {rule_id!r}: an empty prefix with no tags applies {', '.join(acts)} to the "
+                "whole bucket; give a prefix, or set allow_whole_bucket: true if you mean it"
+            )
         if not (chain or nc_chain) and all(
             rule.get(k) is None
             for k in ("expiration_days", "noncurrent_expiration_days", "abort_incomplete_multipart_days")

@@ -114,6 +114,97 @@ def s3_faults(*handlers: tuple[str, Callable[..., Any]]) -> Iterator[None]:
         ClientCreator.create_client = original  # type: ignore[method-assign]
 
 
+def ok_response(parsed: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A ``before-call`` answer: an HTTP 200 with ``parsed`` as its body, without sending the request."""
+    from botocore.awsrequest import AWSResponse
+
+    http = AWSResponse(url="", status_code=200, headers={}, raw=_Body(b""))
+    return http, {
+        **parsed,
+        "ResponseMetadata": {"HTTPStatusCode": 200, "HTTPHeaders": {}, "RetryAttempts": 0},
+    }
+
+
+def real_s3_conditions(checker: Any) -> list[tuple[str, Callable[..., Any]]]:
+    """Handlers that answer conditional requests as S3 does, where the moto server ignores them.
+
+    * DeleteObjects: an entry whose ``ETag`` no longer matches the current object is not deleted
+      and comes back in ``Errors`` as ``PreconditionFailed`` (moto deletes it anyway);
+    * CopyObject with ``IfNoneMatch="*"`` onto an existing key answers HTTP 412
+      ``PreconditionFailed`` (moto overwrites). PutObject and CompleteMultipartUpload honour
+      ``IfNoneMatch`` on moto already.
+
+    ``checker`` is a client without these handlers, used to read the current state.
+    """
+
+    def current_etag(bucket: str, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return str(checker.head_object(Bucket=bucket, Key=key)["ETag"])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def stale_deletes(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        objects = params["Delete"]["Objects"]
+        stale = [
+            o["Key"]
+            for o in objects
+            if o.get("ETag")
+            and not o.get("VersionId")
+            and current_etag(params["Bucket"], o["Key"]) not in (None, o["ETag"])
+        ]
+        if stale:
+            context["stale_etags"] = stale
+            # A new request body: the caller's own list stays as it sent it.
+            left = [o for o in objects if o["Key"] not in stale]
+            context["nothing_left"] = not left
+            params["Delete"] = {**params["Delete"], "Objects": left}
+
+    def errors_of(context: dict[str, Any]) -> list[dict[str, str]]:
+        return [
+            {
+                "Key": k,
+                "Code": "PreconditionFailed",
+                "Message": "At least one of the pre-conditions you specified did not hold",
+            }
+            for k in context.get("stale_etags", [])
+        ]
+
+    def answer_empty(context: dict[str, Any], **_: Any) -> Any:
+        # S3 refuses an empty Objects list; every entry was stale, so answer for it (the Errors are
+        # added after the call, as for any other answer).
+        if context.get("stale_etags") and context.get("nothing_left"):
+            return ok_response({"Deleted": []})
+        return None
+
+    def report(parsed: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        extra = errors_of(context)
+        if extra:
+            parsed["Errors"] = [*parsed.get("Errors", []), *extra]
+
+    def mark_copy(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        if params.get("IfNoneMatch") == "*" and current_etag(params["Bucket"], params["Key"]) is not None:
+            context["copy_onto_existing"] = True
+
+    def refuse_copy(context: dict[str, Any], **_: Any) -> Any:
+        if context.get("copy_onto_existing"):
+            return error_response(
+                "PreconditionFailed", 412, "At least one of the pre-conditions did not hold"
+            )
+        return None
+
+    return [
+        ("provide-client-params.s3.DeleteObjects", stale_deletes),
+        ("before-call.s3.DeleteObjects", answer_empty),
+        ("after-call.s3.DeleteObjects", report),
+        ("provide-client-params.s3.CopyObject", mark_copy),
+        ("before-call.s3.CopyObject", refuse_copy),
+    ]
+
+
 def slow_calls(
     delays: dict[str, float], notify: Callable[[tuple[Any, ...]], None] | None = None
 ) -> list[Any]:

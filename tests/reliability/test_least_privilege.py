@@ -215,6 +215,7 @@ S3_CODE = [
 # The IAM actions each S3 client call needs (Amazon S3 "Actions, resources and condition keys").
 ACTIONS_OF_CALL = {
     "head_bucket": {"s3:ListBucket"},
+    "get_bucket_versioning": {"s3:GetBucketVersioning"},
     "list_objects_v2": {"s3:ListBucket"},
     "list_object_versions": {"s3:ListBucketVersions"},
     "head_object": {"s3:GetObject", "s3:GetObjectVersion"},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -24,11 +23,14 @@ from data_lifecycle.operators.s3.common import (
     DELETE_OBJECTS_MAX_KEYS,
     MAX_KEYS_IN_ERROR,
     PROGRESS_LOG_SECONDS,
+    bucket_versioning,
     check_bucket,
     delete_batches,
+    error_code,
     is_not_found,
     pooled_s3_hook,
     sample_keys,
+    unchanged_since_listed,
 )
 from data_lifecycle.pricing import monthly_saving
 from data_lifecycle.rendered import as_bool
@@ -51,25 +53,9 @@ STREAM_CHUNK_BYTES = 8 * 1024**2
 # Archive keys listed per page of sources before falling back to one HEAD per key.
 EXISTING_COPIES_LIST_LIMIT = 5_000
 
-
-class _Crc32:
-    """hashlib-like CRC32 whose digest is the big-endian bytes S3 base64-encodes."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def update(self, data: bytes) -> None:
-        self.value = zlib.crc32(data, self.value)
-
-    def digest(self) -> bytes:
-        return self.value.to_bytes(4, "big")
-
-
-_HASHERS: Mapping[str, Callable[[], Any]] = {
-    "SHA256": hashlib.sha256,
-    "SHA1": hashlib.sha1,
-    "CRC32": _Crc32,
-}
+# Strong checksums only: two different byte strings of one size share a CRC32 far too easily for a
+# match to prove that an archive object holds the bytes about to be deleted.
+_HASHERS: Mapping[str, Callable[[], Any]] = {"SHA256": hashlib.sha256}
 
 
 def _b64(digest: bytes) -> str:
@@ -91,7 +77,6 @@ class _Outcome:
     status: str  # archived | resumed | skipped | restore_requested | failed
     size: int = 0
     storage_class: str = "STANDARD"
-    version_id: str | None = None
     etag: str | None = None
     reason: str = ""
 
@@ -99,29 +84,39 @@ class _Outcome:
 class S3GlacierCopyThenDeleteOperator(BaseOperator):
     """Archive objects older than the retention to an archive storage class: copy, verify, then delete.
 
-    Each due object is copied to ``dest_bucket`` with the target storage class and a checksum
-    algorithm, S3 computing the copy's checksum. The copy is verified by HEAD (``ChecksumMode=ENABLED``):
-    its size and checksum must equal the source's. The expected checksum is the source's own stored
-    full-object checksum of that algorithm when it has one; otherwise the source is streamed once
-    (pinned to the version, or to the ETag in an unversioned bucket) and hashed here. Objects over
-    5 GB are copied in parts, and their composite checksum (the checksum of the part checksums) is
-    computed from the same stream with the same part boundaries. ETags are never compared: they
-    are not MD5s for multipart or KMS-encrypted objects.
+    Each due object is copied to ``dest_bucket`` with the target storage class and a SHA-256
+    checksum computed by S3. The copy is verified by HEAD (``ChecksumMode=ENABLED``): its size,
+    SHA-256 and storage class must equal the source's. The expected SHA-256 is the source's own
+    stored full-object one when it has one; otherwise the source is streamed once (pinned to its
+    ETag) and hashed here. Objects over 5 GB are copied in parts, and their composite checksum (the
+    checksum of the part checksums) is computed from the same stream with the same part boundaries.
+    ETags are never compared: they are not MD5s for multipart or KMS-encrypted objects.
 
-    Only verified sources are deleted (the exact version copied, in a versioned bucket), with
-    DeleteObjects in batches of at most 1,000. A rerun finds verified copies by HEAD and only
-    deletes their sources. Any failure fails the task after every other object was handled;
-    each object is either fully archived or left in place.
+    An archive object is never replaced. Copies are conditional writes (``IfNoneMatch="*"``, on the
+    multipart completion too); an archive key that already exists counts as done only when its size
+    and SHA-256 equal the source's, and otherwise the object fails for review with its source kept.
 
-    :param source_bucket: bucket to archive from.
+    Versioned source buckets (versioning Enabled or Suspended) are refused before anything is
+    written: deleting the current version makes the previous one current again, so every run would
+    archive an older version onto the same archive key. Tier versioned prefixes with lifecycle rules
+    (``noncurrent_transitions`` / ``noncurrent_expiration_days``) instead.
+
+    Only verified sources are deleted, with DeleteObjects in batches of at most 1,000, each entry
+    carrying the verified ETag. Right before each batch the sources are listed again and any object
+    rewritten since it was checked is kept (endpoints that ignore the ETag condition stay safe). A
+    rerun finds verified copies by HEAD and only deletes their sources. Any failure fails the task
+    after every other object was handled; each object is either fully archived or left in place.
+
+    :param source_bucket: bucket to archive from (not versioned).
     :param source_prefix: key prefix to archive; empty is refused unless ``allow_whole_bucket``.
     :param dest_bucket: archive bucket.
     :param dest_prefix: prefix that replaces ``source_prefix`` in the archive key; None keeps the key.
+        In the source bucket itself, neither prefix may contain the other.
     :param storage_class: GLACIER, DEEP_ARCHIVE or GLACIER_IR.
     :param retention_days: objects whose LastModified is older than this many days are archived (templated).
     :param aws_conn_id: the AWS connection.
     :param max_workers: size of the thread pool copying objects.
-    :param checksum_algorithm: SHA256, SHA1 or CRC32.
+    :param checksum_algorithm: the copies' checksum; only SHA256 (a strong checksum) is accepted.
     :param restore_archived: request a restore of sources already in GLACIER/DEEP_ARCHIVE (and copy them
         once restored) instead of skipping them.
     :param allow_whole_bucket: allow an empty ``source_prefix``.
@@ -171,16 +166,20 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             )
         if checksum_algorithm not in _HASHERS:
             raise LifecycleConfigError(
-                f"{where}: checksum_algorithm {checksum_algorithm!r} is not supported; use one of {sorted(_HASHERS)}"
+                f"{where}: checksum_algorithm {checksum_algorithm!r} is not supported (a strong checksum "
+                f"proves the archive holds the same bytes); use one of {sorted(_HASHERS)}"
             )
         if not source_prefix and not allow_whole_bucket:
             raise LifecycleConfigError(
                 f"{where}: an empty source_prefix archives the whole bucket; pass allow_whole_bucket=True"
             )
-        if source_bucket == dest_bucket and (dest_prefix is None or dest_prefix.startswith(source_prefix)):
+        root = source_prefix if dest_prefix is None else dest_prefix
+        if source_bucket == dest_bucket and (
+            root.startswith(source_prefix) or source_prefix.startswith(root)
+        ):
             raise LifecycleConfigError(
-                f"{where}: archive keys would fall under the source prefix; "
-                "use another bucket or a dest_prefix outside it"
+                f"{where}: source_prefix {source_prefix!r} and dest_prefix {root!r} overlap in one bucket, "
+                "so archive copies could overwrite sources; use another bucket or disjoint prefixes"
             )
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise LifecycleConfigError(
@@ -192,13 +191,21 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         return pooled_s3_hook(self.aws_conn_id, self.max_workers + 4)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
 
         cutoff = compute_cutoff(context, parse_retention_days(self.retention_days))
         dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
         check_bucket(client, self.source_bucket)
         check_bucket(client, self.dest_bucket)
+        versioning = bucket_versioning(client, self.source_bucket)
+        if versioning:
+            raise LifecycleConfigError(
+                f"{self.task_id}: s3://{self.source_bucket} has versioning {versioning}; copy-then-delete "
+                "archives unversioned buckets only (deleting a current version makes the previous one "
+                "current again). Tier this prefix with lifecycle rules (noncurrent_transitions) instead"
+            )
+        self._refuse_overwrites(client)
+        confirm = unchanged_since_listed(client, self.source_bucket, self.source_prefix)
         self.log.info(
             "Archiving s3://%s/%s objects last modified before %s to s3://%s/%s as %s%s",
             self.source_bucket,
@@ -242,29 +249,19 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             while pending and (force or len(pending) >= DELETE_OBJECTS_MAX_KEYS):
                 batch = pending[:DELETE_OBJECTS_MAX_KEYS]
                 del pending[:DELETE_OBJECTS_MAX_KEYS]
-                # The exact version copied; without versions, a conditional delete on the ETag that
-                # was verified, so an object rewritten meanwhile is kept (S3 answers PreconditionFailed).
-                entries = [
-                    {"Key": o.key, "VersionId": o.version_id}
-                    if o.version_id
-                    else {"Key": o.key, "ETag": o.etag}
-                    for o in batch
-                ]
-                try:
-                    deleted, errors = delete_batches(client, self.source_bucket, entries)
-                except ClientError as exc:
-                    # Throttling that outlasted the client's retries, or any refusal of the whole
-                    # request: these sources stay (their copies are verified, so a rerun only
-                    # deletes them); the other batches go on, and the task fails naming the keys.
-                    deleted, errors = [], {o.key: f"DeleteObjects failed: {exc}" for o in batch}
-                by_label = {f"{o.key}@{o.version_id}" if o.version_id else o.key: o for o in batch}
-                for label, reason in errors.items():
-                    failures[by_label[label].key if label in by_label else label] = (
-                        f"archived and verified, but the source was not deleted: {reason}"
-                    )
+                # Conditional on the verified ETag, and checked against a fresh listing first: an
+                # object rewritten since it was verified is kept even where the ETag is ignored.
+                entries = [{"Key": o.key, "ETag": o.etag} for o in batch]
+                by_key = {o.key: o for o in batch}
+                # A failed request keeps its sources (their copies are verified, so a rerun only
+                # deletes them); the other batches go on, and the task fails naming the keys.
+                deleted, errors, kept = delete_batches(client, self.source_bucket, entries, confirm=confirm)
+                for key, reason in errors.items():
+                    failures[key] = f"archived and verified, but the source was not deleted: {reason}"
+                for key, reason in kept.items():
+                    settle(_Outcome(key, "skipped", reason=f"source kept, {reason}"))
                 for entry in deleted:
-                    label = f"{entry['Key']}@{entry['VersionId']}" if entry.get("VersionId") else entry["Key"]
-                    outcome = by_label[label]
+                    outcome = by_key[entry["Key"]]
                     stats["objects"] += 1
                     stats["bytes"] += outcome.size
                     saving += monthly_saving(outcome.size, outcome.storage_class, self.storage_class)
@@ -401,100 +398,134 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
     def _copy_and_verify(
         self, key: str, cutoff: datetime, existing_copies: Mapping[str, int] | None
     ) -> _Outcome:
-        client: Any = self.hook.get_conn()
         source = self._head(self.source_bucket, key)
-        if source is None:
-            return _Outcome(key, "skipped", reason="deleted since it was listed")
-        if source["LastModified"] >= cutoff:
-            return _Outcome(key, "skipped", reason="rewritten since it was listed")
+        if source is None or source["LastModified"] >= cutoff:
+            reason = "deleted since it was listed" if source is None else "rewritten since it was listed"
+            return _Outcome(key, "skipped", reason=reason)
         size = int(source["ContentLength"])
         storage_class = source.get("StorageClass") or "STANDARD"
-        version_id = source.get("VersionId")
-        if version_id == "null":
-            version_id = None
         if storage_class in ARCHIVED_CLASSES:
-            waiting = self._restore(source, key, version_id, storage_class)
+            waiting = self._restore(source, key, storage_class)
             if waiting is not None:
                 return waiting
         copy_source: dict[str, str] = {"Bucket": self.source_bucket, "Key": key}
-        if version_id:
-            copy_source["VersionId"] = version_id
         part_bytes = self._part_bytes(size) if size > MAX_COPY_OBJECT_BYTES else None
         expected = self._expected_checksum(source, copy_source, part_bytes)
         dest_key = self._dest_key(key)
-        outcome = _Outcome(
-            key,
-            "archived",
-            size=size,
-            storage_class=storage_class,
-            version_id=version_id,
-            etag=source["ETag"],
-        )
-
+        outcome = _Outcome(key, "archived", size=size, storage_class=storage_class, etag=source["ETag"])
         existing = None
-        if existing_copies is None or existing_copies.get(dest_key) == size:
+        if existing_copies is None or dest_key in existing_copies:
             existing = self._head(self.dest_bucket, dest_key)
-        if existing is not None and self._verified(existing, size, expected) is None:
-            outcome.status = "resumed"
-            return outcome
+        if existing is None:
+            return self._copy(outcome, copy_source, dest_key, part_bytes, expected)
+        problem = self._verified(existing, size, expected)
+        if problem is not None:
+            return self._conflict(key, dest_key, problem)
+        outcome.status = "resumed"
+        return outcome
 
+    def _copy(
+        self,
+        outcome: _Outcome,
+        copy_source: Mapping[str, str],
+        dest_key: str,
+        part_bytes: int | None,
+        expected: str,
+    ) -> _Outcome:
+        """Copy to an archive key that did not exist, without ever replacing one, then verify."""
+        from botocore.exceptions import ClientError
+
+        client: Any = self.hook.get_conn()
         extra: dict[str, Any] = {
             "StorageClass": self.storage_class,
             "ChecksumAlgorithm": self.checksum_algorithm,
-            "CopySourceIfMatch": source["ETag"],
+            "CopySourceIfMatch": outcome.etag,
         }
-        if part_bytes is None:
-            response = client.copy_object(
-                Bucket=self.dest_bucket,
-                Key=dest_key,
-                CopySource=copy_source,
-                MetadataDirective="COPY",
-                **extra,
-            )
-            copy_version = response.get("VersionId")
-        else:
-            from boto3.s3.transfer import TransferConfig
+        try:
+            if part_bytes is None:
+                response = client.copy_object(
+                    Bucket=self.dest_bucket,
+                    Key=dest_key,
+                    CopySource=copy_source,
+                    MetadataDirective="COPY",
+                    IfNoneMatch="*",
+                    **extra,
+                )
+                copy_version = response.get("VersionId")
+            else:
+                from boto3.s3.transfer import TransferConfig
 
-            client.copy(
-                copy_source,
-                self.dest_bucket,
-                dest_key,
-                ExtraArgs=extra,
-                Config=TransferConfig(
-                    multipart_threshold=MAX_COPY_OBJECT_BYTES,
-                    multipart_chunksize=part_bytes,
-                    max_concurrency=4,
-                ),
-            )
-            copy_version = None
+                # The completion carries IfNoneMatch (see _refuse_overwrites).
+                client.copy(
+                    copy_source,
+                    self.dest_bucket,
+                    dest_key,
+                    ExtraArgs=extra,
+                    Config=TransferConfig(
+                        multipart_threshold=MAX_COPY_OBJECT_BYTES,
+                        multipart_chunksize=part_bytes,
+                        max_concurrency=4,
+                    ),
+                )
+                copy_version = None
+        except ClientError as exc:
+            if error_code(exc) not in ("PreconditionFailed", "412"):
+                raise
+            # Either condition failed: the archive key was written meanwhile, or the source was.
+            if self._head(self.dest_bucket, dest_key) is not None:
+                return self._conflict(outcome.key, dest_key, "it was written while this copy ran")
+            return _Outcome(outcome.key, "skipped", reason="rewritten since it was checked")
         copied = self._head(self.dest_bucket, dest_key, copy_version)
-        problem = "the copy is missing" if copied is None else self._verified(copied, size, expected)
+        problem = "the copy is missing" if copied is None else self._verified(copied, outcome.size, expected)
         if problem:
             return _Outcome(
-                key, "failed", reason=f"copy s3://{self.dest_bucket}/{dest_key} not verified: {problem}"
+                outcome.key,
+                "failed",
+                reason=f"copy s3://{self.dest_bucket}/{dest_key} not verified: {problem}",
             )
         return outcome
 
-    def _restore(
-        self, source: Mapping[str, Any], key: str, version_id: str | None, storage_class: str
-    ) -> _Outcome | None:
+    def _conflict(self, key: str, dest_key: str, problem: str) -> _Outcome:
+        return _Outcome(
+            key,
+            "failed",
+            reason=(
+                f"archive object s3://{self.dest_bucket}/{dest_key} already exists and is not a verified "
+                f"copy of this source ({problem}); it was not replaced and the source was kept: review both"
+            ),
+        )
+
+    @staticmethod
+    def _refuse_overwrites(client: Any) -> None:
+        """Make this client's multipart completions conditional writes too: the transfer manager
+        used for copies over 5 GB takes no ``IfNoneMatch`` argument of its own."""
+
+        def if_none_match(params: dict[str, Any], **_: Any) -> None:
+            params.setdefault("IfNoneMatch", "*")
+
+        client.meta.events.register(
+            "before-parameter-build.s3.CompleteMultipartUpload",
+            if_none_match,
+            unique_id="data-lifecycle-archive-if-none-match",
+        )
+
+    def _restore(self, source: Mapping[str, Any], key: str, storage_class: str) -> _Outcome | None:
         """None when an archived source has been restored (readable); else request or await a restore."""
         restore = source.get("Restore") or ""
         if 'ongoing-request="false"' in restore:
             return None
         if 'ongoing-request="true"' in restore:
             return _Outcome(key, "skipped", reason=f"{storage_class} restore in progress")
-        request: dict[str, Any] = {"Bucket": self.source_bucket, "Key": key}
-        if version_id:
-            request["VersionId"] = version_id
         self._client.restore_object(
-            **request,
+            Bucket=self.source_bucket,
+            Key=key,
             RestoreRequest={"Days": RESTORE_DAYS, "GlacierJobParameters": {"Tier": RESTORE_TIER}},
         )
         return _Outcome(key, "restore_requested", reason=f"{storage_class} restore requested")
 
     def _verified(self, head: Mapping[str, Any], size: int, expected: str) -> str | None:
-        """None when a copy matches the source, else what differs."""
+        """None when an archive object holds the source's bytes (size and SHA-256) in the target class,
+        else what differs."""
         actual_size = int(head["ContentLength"])
         if actual_size != size:
             return f"size {actual_size} != {size}"
@@ -521,12 +552,9 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         composite = source.get("ChecksumType") == "COMPOSITE" or (stored and "-" in stored)
         if part_bytes is None and stored and not composite:
             return stored
-        request: dict[str, Any] = {"Bucket": copy_source["Bucket"], "Key": copy_source["Key"]}
-        if "VersionId" in copy_source:
-            request["VersionId"] = copy_source["VersionId"]
-        else:
-            request["IfMatch"] = source["ETag"]
-        body = self._client.get_object(**request)["Body"]
+        body = self._client.get_object(
+            Bucket=copy_source["Bucket"], Key=copy_source["Key"], IfMatch=source["ETag"]
+        )["Body"]
         new_hash = _HASHERS[self.checksum_algorithm]
         whole = new_hash()
         part_digests: list[bytes] = []

@@ -17,9 +17,12 @@ from data_lifecycle.exceptions import (
     LifecycleError,
 )
 from data_lifecycle.operators.s3.common import (
+    bucket_versioning,
     check_bucket,
     delete_batches,
+    error_code,
     sample_keys,
+    unchanged_since_listed,
 )
 from data_lifecycle.rendered import as_bool
 
@@ -31,9 +34,19 @@ if TYPE_CHECKING:
 class S3ExpireObjectsOperator(BaseOperator):
     """Delete objects under a prefix whose LastModified is older than the retention.
 
-    In a versioned bucket a plain delete leaves a delete marker; with ``include_versions`` the
-    operator lists versions instead and permanently deletes current versions older than the cutoff,
-    noncurrent versions that became noncurrent before it, and delete markers older than it.
+    Each delete carries the listed ETag, and right before each batch the keys are listed again:
+    an object rewritten since the listing (inside retention again) is kept, also where the endpoint
+    ignores the ETag condition.
+
+    In a versioned bucket a plain delete only adds a delete marker: the bytes stay, billed and, for
+    user data, still personal data. So on a bucket with versioning Enabled or Suspended the operator
+    needs ``include_versions``, or an enabled lifecycle rule with a noncurrent-version expiration
+    covering the prefix, and otherwise fails before deleting anything. With ``include_versions`` it
+    lists versions and permanently deletes, by version id, current versions older than the cutoff,
+    noncurrent versions that became noncurrent before it, and delete markers older than it. Entries
+    of one key are ordered by the listing (newest first, ``IsLatest`` first), never by timestamp
+    alone: LastModified has one-second resolution, so a version and a delete marker written in the
+    same second are treated as noncurrent since the newest time either order allows.
 
     :param bucket: the bucket.
     :param prefix: key prefix; empty is refused unless ``allow_whole_bucket``.
@@ -93,6 +106,8 @@ class S3ExpireObjectsOperator(BaseOperator):
         dry_run = as_bool(self.dry_run, field="dry_run")
         client: Any = self.hook.get_conn()
         check_bucket(client, self.bucket)
+        if not self.include_versions:
+            self._check_unversioned_or_expiring(client)
         started = time.monotonic()
         due: list[tuple[str, dict[str, str], int]] = []
         listing = (
@@ -118,12 +133,20 @@ class S3ExpireObjectsOperator(BaseOperator):
             "bytes": sum(size_of.values()),
             "versions": counts["version"],
             "delete_markers": counts["delete_marker"],
+            "kept_changed": 0,
             "dry_run": dry_run,
         }
         if dry_run or not due:
             self.log.info("%s: %s", "Dry run, nothing deleted" if dry_run else "Nothing to expire", summary)
             return summary
-        deleted, errors = delete_batches(client, self.bucket, [ident for _, ident, _ in due])
+        deleted, errors, kept = delete_batches(
+            client,
+            self.bucket,
+            [ident for _, ident, _ in due],
+            confirm=unchanged_since_listed(client, self.bucket, self.prefix),
+        )
+        if kept:
+            self.log.info("Kept %d object(s) changed since the listing: %s", len(kept), sample_keys(kept))
         kinds = {(ident["Key"], ident.get("VersionId")): kind for kind, ident, _ in due}
         counts = {"object": 0, "version": 0, "delete_marker": 0}
         for entry in deleted:
@@ -133,6 +156,7 @@ class S3ExpireObjectsOperator(BaseOperator):
             versions=counts["version"],
             delete_markers=counts["delete_marker"],
             bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
+            kept_changed=len(kept),
         )
         elapsed = max(time.monotonic() - started, 1e-6)
         self.log.info(
@@ -151,31 +175,77 @@ class S3ExpireObjectsOperator(BaseOperator):
             )
         return summary
 
+    def _check_unversioned_or_expiring(self, client: Any) -> None:
+        """Refuse plain deletes in a versioned bucket unless a lifecycle rule expires what they leave."""
+        from botocore.exceptions import ClientError
+
+        versioning = bucket_versioning(client, self.bucket)
+        if not versioning:
+            return
+        try:
+            rules = client.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchLifecycleConfiguration":
+                raise
+            rules = []
+        if not any(_expires_noncurrent(rule, self.prefix) for rule in rules):
+            raise LifecycleConfigError(
+                f"{self.task_id}: s3://{self.bucket} has versioning {versioning}, so deleting under "
+                f"{self.prefix!r} only adds delete markers and keeps every byte; set include_versions, "
+                "or add a lifecycle rule with noncurrent_expiration_days covering this prefix"
+            )
+
     def _due_objects(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for obj in page.get("Contents", []):
                 if obj["LastModified"] < cutoff:
-                    yield "object", {"Key": obj["Key"]}, int(obj["Size"])
+                    yield "object", {"Key": obj["Key"], "ETag": obj["ETag"]}, int(obj["Size"])
 
     def _due_versions(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
-        """Walk every version newest first per key; a noncurrent one is due once its successor is old."""
+        """Walk every version newest first per key; a noncurrent one is due once its successor is old.
+
+        Versions and delete markers come in two lists; merged per key with ``IsLatest`` first and then
+        by LastModified. Entries of one key with equal LastModified may be in either order, so each of
+        them counts as noncurrent since the entry before the whole group: nothing goes early.
+        """
         paginator = client.get_paginator("list_object_versions")
         key: str | None = None
-        successor: datetime | None = None
+        previous: datetime | None = None  # LastModified of the newer entry of the same key
+        since: datetime | None = None  # noncurrent since, for the current group of equal times
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             entries = [(v, "version") for v in page.get("Versions", [])] + [
                 (m, "delete_marker") for m in page.get("DeleteMarkers", [])
             ]
             entries.sort(key=lambda e: (e[0]["Key"], not e[0]["IsLatest"], -e[0]["LastModified"].timestamp()))
             for entry, kind in entries:
+                modified = entry["LastModified"]
                 if entry["Key"] != key:
-                    key, successor = entry["Key"], None
+                    key, previous, since = entry["Key"], None, None
                 ident = {"Key": entry["Key"], "VersionId": entry["VersionId"]}
+                if entry["VersionId"] == "null" and entry.get("ETag"):
+                    # The next write to the key replaces the null version: delete only these bytes.
+                    ident["ETag"] = entry["ETag"]
                 size = int(entry.get("Size", 0))
                 if entry["IsLatest"]:
-                    if entry["LastModified"] < cutoff:
+                    since = modified
+                    if modified < cutoff:
                         yield ("object" if kind == "version" else kind), ident, size
-                elif successor is not None and successor < cutoff:
-                    yield kind, ident, size
-                successor = entry["LastModified"]
+                else:
+                    if modified != previous:
+                        since = previous
+                    if since is not None and since < cutoff:
+                        yield kind, ident, size
+                previous = modified
+
+
+def _expires_noncurrent(rule: dict[str, Any], prefix: str) -> bool:
+    """An enabled rule that expires noncurrent versions of every object under ``prefix``."""
+    if rule.get("Status") != "Enabled" or not rule.get("NoncurrentVersionExpiration"):
+        return False
+    raw = rule.get("Filter")
+    if raw is None:
+        return prefix.startswith(rule.get("Prefix", "") or "")
+    if set(raw) - {"Prefix"}:
+        return False  # a tag or size filter covers only some objects
+    return prefix.startswith(raw.get("Prefix", "") or "")
