@@ -153,8 +153,10 @@ class TestSeedScenario:
 class TestRulesFromPolicy:
     def test_shipped_policy_schedules(self) -> None:
         rules = rules_by_bucket(load_policy(DEFAULT_POLICY_FILE))
-        assert schedule_for("app/2026/01/x.log.gz", rules["dreamseed-logs"]) == Schedule(
-            ((30, "STANDARD_IA"), (90, "GLACIER"), (365, "DEEP_ARCHIVE")), 2555
+        # app/ logs are archived by copy-then-delete, so only the archive bucket's own rule tiers them.
+        assert schedule_for("app/2026/01/x.log.gz", rules["dreamseed-logs"]) == Schedule((), None)
+        assert schedule_for("app/2026/01/x.log.gz", rules["dreamseed-log-archive"]) == Schedule(
+            ((275, "DEEP_ARCHIVE"),), 2465
         )
         assert schedule_for("tmp/file.bin", rules["dreamseed-uploads"]) == Schedule((), 90)
         assert schedule_for("user_7/f.bin", rules["dreamseed-uploads"]) == Schedule(
@@ -163,7 +165,12 @@ class TestRulesFromPolicy:
 
     def test_precedence_coldest_class_and_earliest_expiration_win(self) -> None:
         rules = [
-            {"id": "a", "prefix": "", "transitions": [{"days": 60, "storage_class": "STANDARD_IA"}]},
+            {
+                "id": "a",
+                "prefix": "",
+                "allow_whole_bucket": True,
+                "transitions": [{"days": 60, "storage_class": "STANDARD_IA"}],
+            },
             {"id": "b", "prefix": "x/", "transitions": [{"days": 60, "storage_class": "GLACIER"}]},
             {"id": "c", "prefix": "x/", "expiration_days": 100},
             {"id": "d", "prefix": "x/", "expiration_days": 80, "tags": {"t": "v"}},  # tags: not applied
@@ -185,6 +192,7 @@ def tier_rules(draw: st.DrawFn, *, expire: bool) -> dict[str, Any]:
     rule: dict[str, Any] = {
         "id": "r",
         "prefix": "",
+        "allow_whole_bucket": True,
         "transitions": [{"days": d, "storage_class": c} for d, c in zip(days, classes, strict=True)],
     }
     if expire:

@@ -338,8 +338,16 @@ def steady_state(
 
 
 def seed_rules(retention_days: int = SEED_RETENTION_DAYS, *, tiering: bool = True) -> list[dict[str, Any]]:
-    """The seed's schedule as one friendly lifecycle rule (validated like the policy's)."""
-    rule: dict[str, Any] = {"id": "seed-tiers", "prefix": "", "expiration_days": retention_days}
+    """The seed's schedule as one friendly lifecycle rule (validated like the policy's).
+
+    The scenario is one bucket of new data, so the rule covers the whole bucket on purpose.
+    """
+    rule: dict[str, Any] = {
+        "id": "seed-tiers",
+        "prefix": "",
+        "allow_whole_bucket": True,
+        "expiration_days": retention_days,
+    }
     if tiering:
         rule["transitions"] = [{"days": d, "storage_class": c} for d, c in SEED_TIERS if d < retention_days]
     validate_rules([rule])
