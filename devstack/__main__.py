@@ -29,6 +29,8 @@ from devstack.settings import (
     AIRFLOW_DATABASE,
     DEMO_DATABASE,
     HOST,
+    LEDGER_DATABASE,
+    LEDGER_SQL,
     S3_PORT,
     SLACK_PORT,
     StackPaths,
@@ -127,6 +129,8 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
         (paths.run).mkdir(parents=True, exist_ok=True)
         (paths.run / STARTED_BY_US).write_text("1")
     postgres.ensure_database(DEMO_DATABASE)
+    postgres.ensure_database(LEDGER_DATABASE)
+    postgres.apply_sql(LEDGER_DATABASE, LEDGER_SQL)
     if _start_process(
         paths,
         "moto",

@@ -203,7 +203,7 @@ def test_deadline_check_alerts_on_open_requests(dagbag, world, slack_sink):
         ("DSR-PARAM-5", 73_402_190, "failed", now - timedelta(days=1), now - timedelta(days=29)),
     ]
     for request_id, uid, status, recorded_at, requested_at in rows:
-        world.pg.execute(
+        world.ledger_pg.execute(
             "INSERT INTO app.erasure_ledger (request_id, subject_hash, status, dry_run, dag_id, run_id, "
             "recorded_at, requested_at) VALUES (%s, %s, %s, false, 'erase_user_data', 'r', %s, %s)",
             (request_id, world.keys.subject_hash(uid), status, recorded_at, requested_at),

@@ -130,6 +130,12 @@ def completed_since(conn: Any, table: str, since: datetime) -> list[dict[str, An
     return sorted(out, key=lambda e: (e["completed_at"], e["request_id"]))
 
 
+def newest_entry(conn: Any, table: str) -> datetime | None:
+    """When the ledger's newest entry (of any kind) was recorded; None when it is empty."""
+    row = conn.execute(sql.SQL("SELECT max(recorded_at) FROM {}").format(_ident(table))).fetchone()
+    return row[0] if row else None
+
+
 def open_requests(conn: Any, table: str) -> list[dict[str, Any]]:
     """Requests with no real completion yet, with their request time.
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_lifecycle.erasure.subject_map import SubjectMap
+from data_lifecycle.erasure.subject_map import ACKNOWLEDGED, SubjectMap
+from data_lifecycle.exceptions import LifecycleConfigError
 
 # Shared by the trigger form, the ledger's CHECK constraint and the run-time check.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{2,63}$"
@@ -23,13 +24,22 @@ class Connections:
 
     @classmethod
     def from_policy(cls, policy: Any, smap: SubjectMap) -> Connections:
-        """The lifecycle policy's connections; the ledger's own one when the subject map names it."""
-        return cls(
-            postgres=policy.postgres_conn_id,
-            aws=policy.aws_conn_id,
-            slack=policy.slack_conn_id,
-            ledger=smap.ledger_conn_id or policy.postgres_conn_id,
-        )
+        """The subject map's connections (PostgreSQL, ledger), else the lifecycle policy's.
+
+        A ledger on the connection of an erased database is refused (a restore of that database
+        would rewind the ledger with it) unless the map says ``ledger_survives_restore: acknowledged``.
+        """
+        postgres = smap.postgres_conn_id or policy.postgres_conn_id
+        ledger = smap.ledger_conn_id or postgres
+        erased = {postgres, policy.postgres_conn_id}
+        if ledger in erased and smap.ledger_survives_restore != ACKNOWLEDGED:
+            raise LifecycleConfigError(
+                f"Invalid erasure subject map {smap.source}: connections, field 'ledger': '{ledger}' is "
+                "the connection of an erased database, so restoring that database would rewind the "
+                "ledger and replay_erasures would miss the erasures the restore undid. Name a ledger "
+                "connection to another database, or set `ledger_survives_restore: acknowledged`."
+            )
+        return cls(postgres=postgres, aws=policy.aws_conn_id, slack=policy.slack_conn_id, ledger=ledger)
 
 
 def erasure_params() -> dict[str, Any]:

@@ -228,6 +228,14 @@ class Run:
             )
         return plan
 
+    def recheck_coverage(self, conn: Any) -> None:
+        """The coverage check again, before a step's first write: a step called on its own (as a
+        library, or after the map or schema changed since the coverage task) erases nothing when
+        the map misses a reference column or an archive destination."""
+        from data_lifecycle.erasure.coverage import check_full_coverage
+
+        check_full_coverage(conn, self.smap)
+
     def erase_tables(self) -> dict[str, int]:
         """Delete or mask every target in foreign-key order; rows per target."""
         if self.request.dry_run:
@@ -238,12 +246,16 @@ class Run:
             return would
         out: dict[str, int] = {}
         with pg_connection(self.conns.postgres) as conn:
+            self.recheck_coverage(conn)
             for p in prepare_targets(conn, self.smap):
                 out[p.name] = erase_target(conn, p, self.request.user_id, self.keys, self.smap.batch)["rows"]
         return out
 
     def purge_objects(self) -> dict[str, Any]:
         """Check every bucket for locked versions first, then delete every version and marker."""
+        if not self.request.dry_run:
+            with pg_connection(self.conns.postgres) as conn:
+                self.recheck_coverage(conn)
         scans = [scan_bucket(self.s3, b, self.request.user_id) for b in self.smap.buckets]
         out: dict[str, Any] = {}
         for scan in scans:
@@ -391,12 +403,13 @@ ERASE_STEPS = (
 
 
 def coverage_report(conns: Connections) -> dict[str, Any]:
-    """The coverage check against the live catalog: fails naming every unmapped user reference."""
-    from data_lifecycle.erasure.coverage import check_coverage
+    """The coverage check against the live catalog and the policy's archive destinations: fails
+    naming every unmapped user reference and every uncovered archive."""
+    from data_lifecycle.erasure.coverage import check_full_coverage
     from data_lifecycle.erasure.subject_map import load_subject_map
 
     with pg_connection(conns.postgres) as conn:
-        return check_coverage(conn, load_subject_map())
+        return check_full_coverage(conn, load_subject_map())
 
 
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
@@ -471,8 +484,41 @@ def completed_erasures(smap: SubjectMap, conns: Connections, since: str | dateti
     with pg_connection(conns.ledger) as conn:
         ledger.ensure_ledger(conn, smap.ledger_table)
         entries = ledger.completed_since(conn, smap.ledger_table, when)
+        newest = ledger.newest_entry(conn, smap.ledger_table)
+    if newest is None or newest < when:
+        _refuse_rewound_ledger(smap, conns, when, newest)
     log.info("%d completed erasure(s) since %s to replay", len(entries), when.isoformat())
     return entries
+
+
+def _refuse_rewound_ledger(
+    smap: SubjectMap, conns: Connections, since: datetime, newest: datetime | None
+) -> None:
+    """The ledger knows nothing after ``since`` but the database holds newer accounts: the ledger
+    was most likely restored with the database, and a replay from it would miss exactly the
+    erasures the restore undid."""
+    column = smap.subject.created_column
+    if not column:
+        log.warning("The subject map has no created_column: cannot tell whether the ledger was rewound")
+        return
+    from psycopg import sql
+
+    schema, name = smap.subject.table.split(".", 1)
+    with pg_connection(conns.postgres) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, name))
+        ).fetchone()
+    database_newest = row[0] if row else None
+    if database_newest is None or (newest is not None and database_newest <= newest):
+        return
+    seen = newest.isoformat() if newest else "none at all"
+    raise VerificationFailed(
+        f"The erasure ledger's newest entry ({seen}) is older than since={since.isoformat()}, while "
+        f"{smap.subject.table} holds rows created up to {database_newest.isoformat()}: the ledger looks "
+        "rewound with the database (does it live in the restored database?), so the erasures it lost "
+        "would not be replayed. Restore the ledger from its own, newer copy; if no erasure ran after "
+        f"{seen}, rerun with since at or before it."
+    )
 
 
 def replay_summary(
