@@ -31,6 +31,7 @@ DEMO_DATABASE = "dreamseed"
 # The erasure ledger lives apart from the application database (a restore must not rewind it).
 LEDGER_DATABASE = "erasure_ledger"
 LEDGER_SQL = PROJECT_ROOT / "include" / "sql" / "erasure_ledger.sql"
+ERASURE_ROLE_SQL = PROJECT_ROOT / "include" / "sql" / "erasure_role.sql"
 AIRFLOW_DATABASE = "airflow_meta"
 
 

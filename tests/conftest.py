@@ -106,6 +106,9 @@ def pg_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) -> Ite
         }
     )
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", conn_json)
+    # The erasure DAGs' own connection, to the same database (as its owner; the least-privilege
+    # tests log in as the erasure role instead).
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_POSTGRES", conn_json)
     yield name
     with admin_connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -22,6 +22,7 @@ from data_lifecycle.erasure.keys import HASH_PREFIX_LENGTH, SubjectKeys, load_su
 from data_lifecycle.erasure.matching import count_matches
 from data_lifecycle.erasure.params import REQUEST_ID_PATTERN, Connections
 from data_lifecycle.erasure.planner import plan_tables, prepare_targets
+from data_lifecycle.erasure.privileges import check_ledger_privileges, check_table_privileges
 from data_lifecycle.erasure.s3_purge import delete_scanned, remaining, scan_bucket
 from data_lifecycle.erasure.subject_map import SubjectMap
 from data_lifecycle.exceptions import (
@@ -197,11 +198,14 @@ class Run:
         """Rows and object versions per target, checked for locks; no change anywhere."""
         with pg_connection(self.conns.ledger) as conn:
             ledger.ensure_ledger(conn, self.smap.ledger_table)
+            check_ledger_privileges(conn, self.smap.ledger_table)
             ledger.check_request_subject(
                 conn, self.smap.ledger_table, self.request.request_id, self.subject_hash
             )
         with pg_connection(self.conns.postgres) as conn:
-            tables = plan_tables(conn, prepare_targets(conn, self.smap), self.request.user_id)
+            prepared = prepare_targets(conn, self.smap)
+            check_table_privileges(conn, prepared, self.smap.source)
+            tables = plan_tables(conn, prepared, self.request.user_id)
         objects: dict[str, Any] = {}
         for b in self.smap.buckets:
             objects.update(scan_bucket(self.s3, b, self.request.user_id).counts)
@@ -247,7 +251,9 @@ class Run:
         out: dict[str, int] = {}
         with pg_connection(self.conns.postgres) as conn:
             self.recheck_coverage(conn)
-            for p in prepare_targets(conn, self.smap):
+            prepared = prepare_targets(conn, self.smap)
+            check_table_privileges(conn, prepared, self.smap.source)
+            for p in prepared:
                 out[p.name] = erase_target(conn, p, self.request.user_id, self.keys, self.smap.batch)["rows"]
         return out
 
