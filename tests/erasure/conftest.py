@@ -51,6 +51,12 @@ class ErasureWorld:
         )
         return Run(self.smap, CONNS, self.keys, request, dag_id="erase_user_data", run_id=run_id)
 
+    def register(self, user_id: int = SUBJECT_ID, requested_by: str = "privacy-team") -> str:
+        """Register an erasure request as the intake command does; returns its request id."""
+        from data_lifecycle.erasure.intake import register
+
+        return register(self.ledger_pg, "app.erasure_requests", self.keys, user_id, requested_by=requested_by)
+
     def snapshot(self) -> dict[str, Any]:
         """Full row counts per table and per user, and every object version in the bucket."""
         out: dict[str, Any] = {}

@@ -185,6 +185,7 @@ class TestLedgerSurvivesRestore:
         del doc["connections"]["ledger"]
         with pytest.raises(LifecycleConfigError, match="connection of an erased database"):
             Connections.from_policy(policy, parse_subject_map(doc, "m.yaml"))
+        doc["connections"]["ledger"] = "lifecycle_postgres"
         doc["ledger_survives_restore"] = "acknowledged"
         assert (
             Connections.from_policy(policy, parse_subject_map(doc, "m.yaml")).ledger == "lifecycle_postgres"

@@ -315,7 +315,7 @@ class TestErasureRunsAsTheErasureRole:
     def test_the_whole_erasure_dag_succeeds_under_the_role(self, as_erasure_role: Any) -> None:
         erasure = as_erasure_role
         before = erasure.snapshot()
-        dr = _erase_dag_run(erasure_conf("DSR-ROLE-1"))
+        dr = _erase_dag_run(erasure_conf(erasure))
         assert str(dr.state) == "success", {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
         after = erasure.snapshot()
         for table in ("app.sessions", "app.user_uploads", "app.student_progress", "app.users"):
@@ -327,7 +327,7 @@ class TestErasureRunsAsTheErasureRole:
         erasure = as_erasure_role
         erasure.pg.execute("REVOKE UPDATE (context) ON app.app_logs FROM lifecycle_erasure")
         before = erasure.snapshot()
-        dr = _erase_dag_run(erasure_conf("DSR-ROLE-2"))
+        dr = _erase_dag_run(erasure_conf(erasure))
         assert str(dr.state) == "failed"
         assert erasure.snapshot() == before
         ledger = erasure.ledger()
@@ -375,6 +375,6 @@ class TestErasureRunsAsTheErasureRole:
                     conn.execute(statement)
 
 
-def erasure_conf(request_id: str) -> dict[str, Any]:
-    """The trigger conf of a real erasure of the test subject."""
-    return {"user_id": SUBJECT_ID, "request_id": request_id, "requested_by": "privacy-team", "dry_run": False}
+def erasure_conf(erasure: Any) -> dict[str, Any]:
+    """The trigger conf of a real erasure of the test subject: a registered request id only."""
+    return {"request_id": erasure.register(), "dry_run": False}

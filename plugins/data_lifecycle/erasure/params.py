@@ -43,37 +43,20 @@ class Connections:
 
 
 def erasure_params() -> dict[str, Any]:
-    """The trigger form of ``erase_user_data``; validated when the run is created."""
+    """The trigger form of ``erase_user_data``: a registered request id, never the subject id.
+
+    The request is registered first (``python -m data_lifecycle.erasure.intake register``), which
+    seals the id with the erasure key; the tasks unseal it from the intake table.
+    """
     from airflow.sdk import Param
 
     return {
-        "user_id": Param(
-            type="integer",
-            minimum=1,
-            title="User id",
-            description="Id of the app.users row whose data is erased. Never stored in clear.",
-        ),
         "request_id": Param(
             type="string",
             pattern=REQUEST_ID_PATTERN,
             title="Request id",
-            description="Reference of the erasure request (ticket id), 3-64 letters, digits, . _ : -. "
-            "Must not contain the user id or email.",
-        ),
-        "requested_by": Param(
-            "",
-            type="string",
-            maxLength=200,
-            title="Requested by",
-            description="Who handles the request (team or operator), for the ledger.",
-        ),
-        "requested_at": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Requested at",
-            description="When the person asked (ISO 8601 with timezone); the legal deadline runs from it. "
-            "Empty: the first run's start.",
+            description="The id printed by `python -m data_lifecycle.erasure.intake register --user-id N`. "
+            "The user id itself is never entered here.",
         ),
         "dry_run": Param(
             True,

@@ -419,18 +419,35 @@ def coverage_report(conns: Connections) -> dict[str, Any]:
 
 
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
-    """The ``Run`` of a task of ``erase_user_data``, from its params."""
+    """The ``Run`` of a task of ``erase_user_data``: its params name a registered request, whose
+    sealed subject id is read from the intake table (and kept in memory only)."""
+    from data_lifecycle.erasure.intake import intake_table, lookup
     from data_lifecycle.erasure.subject_map import load_subject_map
 
     smap = load_subject_map()
-    return Run(
-        smap,
-        conns,
-        subject_keys(smap),
-        Request.from_params(context["params"]),
-        dag_id=context["ti"].dag_id,
-        run_id=context["run_id"],
+    keys = subject_keys(smap)
+    params = context["params"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    if "user_id" in conf or "user_id" in params:
+        raise LifecycleConfigError(
+            "The trigger conf carries a user_id: the subject id must never be in dag_run.conf. Register "
+            "the request (python -m data_lifecycle.erasure.intake register) and trigger with its request_id"
+        )
+    request_id = params.get("request_id")
+    if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
+        raise LifecycleConfigError(f"request_id must match {REQUEST_ID_PATTERN}")
+    with pg_connection(conns.ledger) as conn:
+        registered = lookup(conn, intake_table(smap.ledger_table), keys, request_id)
+    request = Request.from_params(
+        {
+            "user_id": registered.user_id,
+            "request_id": request_id,
+            "requested_by": registered.requested_by,
+            "requested_at": registered.requested_at,
+            "dry_run": params.get("dry_run", True),
+        }
     )
+    return Run(smap, conns, keys, request, dag_id=context["ti"].dag_id, run_id=context["run_id"])
 
 
 def record_outcome(run: Run, results: Mapping[str, Any]) -> dict[str, Any]:
