@@ -307,3 +307,43 @@ class TestStepsRecheckCoverage:
     def test_the_coverage_task_checks_archives_too(self, world: Any) -> None:
         report = check_full_coverage(world.pg, world.smap)
         assert report["archives"] and report["gaps"] == []
+
+
+class TestPurgeSoftDeletedTakesTheObjects:
+    """purge_soft_deleted deletes app.user_uploads, the only index of a user's objects: the objects
+    under the user's prefix go in the same run (every version), or the rows wait."""
+
+    @pytest.fixture
+    def purge_dag(self, world: Any) -> Any:
+        from airflow.dag_processing.dagbag import DagBag
+
+        # Enough other accounts to stay under the policy's max_delete_fraction (10%).
+        from tests.erasure.conftest import seed_users
+
+        seed_users(world.pg, tuple(range(100, 112)), anonymous_log=False)
+        world.pg.execute("UPDATE app.users SET deleted_at = '2025-12-01Z' WHERE id = %s", (SUBJECT_ID,))
+        bag = DagBag(dag_folder=str(DAGS_FOLDER / "purge_soft_deleted.py"), safe_mode=False)
+        return bag.dags["purge_soft_deleted"]
+
+    def test_the_purged_users_objects_go_in_the_same_run(self, world: Any, purge_dag: Any) -> None:
+        before = object_versions(world.s3, world.bucket)
+        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC))
+        assert str(dr.state) == "success"
+        assert world.snapshot()[f"app.users:{SUBJECT_ID}"] == 0
+        after = object_versions(world.s3, world.bucket)
+        mine = f"user_{SUBJECT_ID}/"
+        assert [v for v in after if v[0].startswith(mine)] == []
+        assert sorted(after) == sorted(v for v in before if not v[0].startswith(mine))
+
+    def test_a_legal_hold_keeps_objects_and_rows(self, world: Any, purge_dag: Any) -> None:
+        held = next(v for v in object_versions(world.s3, world.bucket, f"user_{SUBJECT_ID}/") if not v[2])
+        world.s3.put_object_legal_hold(
+            Bucket=world.bucket, Key=held[0], VersionId=held[1], LegalHold={"Status": "ON"}
+        )
+        before = object_versions(world.s3, world.bucket)
+        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC))
+        assert str(dr.state) == "failed"
+        tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+        assert tis["purge_objects_users"] == "failed" and tis["delete_users"] == "upstream_failed"
+        assert sorted(object_versions(world.s3, world.bucket)) == sorted(before)
+        assert world.snapshot()[f"app.users:{SUBJECT_ID}"] == 1
