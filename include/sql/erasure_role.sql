@@ -48,10 +48,10 @@ BEGIN
         RETURN;
     END IF;
     -- Start from nothing on the application's tables, so a rerun also takes back old grants. The
-    -- ledger, when it shares this database, keeps the grants of erasure_ledger.sql.
+    -- ledger and its intake table keep the grants of erasure_ledger.sql.
     FOR t IN
         SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
-        WHERE schemaname = 'app' AND tablename <> 'erasure_ledger'
+        WHERE schemaname = 'app' AND tablename NOT IN ('erasure_ledger', 'erasure_requests')
     LOOP
         EXECUTE format('REVOKE ALL ON %s FROM lifecycle_erasure', t);
     END LOOP;

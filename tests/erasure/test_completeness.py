@@ -347,3 +347,15 @@ class TestPurgeSoftDeletedTakesTheObjects:
         assert tis["purge_objects_users"] == "failed" and tis["delete_users"] == "upstream_failed"
         assert sorted(object_versions(world.s3, world.bucket)) == sorted(before)
         assert world.snapshot()[f"app.users:{SUBJECT_ID}"] == 1
+
+
+def test_the_intake_command_prints_a_request_id_and_stores_the_id_sealed(world: Any, capsys: Any) -> None:
+    from data_lifecycle.erasure.intake import lookup, main
+
+    assert main(["register", "--user-id", str(SUBJECT_ID), "--requested-by", "privacy-team"]) == 0
+    request_id = capsys.readouterr().out.strip()
+    assert request_id.startswith("DSR-") and str(SUBJECT_ID) not in request_id
+    stored = world.ledger_pg.execute("SELECT t::text FROM app.erasure_requests t").fetchall()
+    assert len(stored) == 1 and str(SUBJECT_ID) not in stored[0][0]
+    assert lookup(world.ledger_pg, "app.erasure_requests", world.keys, request_id).user_id == SUBJECT_ID
+    assert main(["register", "--user-id", "0"]) == 2

@@ -115,22 +115,29 @@ def register_request(
     user_id: int, *, requested_by: str | None = None, requested_at: datetime | None = None
 ) -> str:
     """Register a request through the deployed map and connections; returns its request id."""
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    from data_lifecycle.erasure.keys import load_subject_keys
     from data_lifecycle.erasure.params import Connections
-    from data_lifecycle.erasure.steps import pg_connection, subject_keys
     from data_lifecycle.erasure.subject_map import load_subject_map
     from data_lifecycle.policy import load_policy
 
     smap = load_subject_map()
     conns = Connections.from_policy(load_policy(), smap)
-    with pg_connection(conns.ledger) as conn:
+    keys = load_subject_keys(smap.hmac_conn_id, smap.subject.table)
+    conn = PostgresHook(postgres_conn_id=conns.ledger).get_conn()
+    conn.autocommit = True
+    try:
         return register(
             conn,
             intake_table(smap.ledger_table),
-            subject_keys(smap),
+            keys,
             user_id,
             requested_by=requested_by,
             requested_at=requested_at,
         )
+    finally:
+        conn.close()
 
 
 def main(argv: list[str] | None = None) -> int:
