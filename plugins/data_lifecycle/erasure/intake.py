@@ -125,7 +125,7 @@ def register_request(
     smap = load_subject_map()
     conns = Connections.from_policy(load_policy(), smap)
     keys = load_subject_keys(smap.hmac_conn_id, smap.subject.table)
-    conn = PostgresHook(postgres_conn_id=conns.ledger).get_conn()
+    conn: Any = PostgresHook(postgres_conn_id=conns.ledger).get_conn()
     conn.autocommit = True
     try:
         return register(
