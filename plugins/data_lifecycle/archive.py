@@ -134,7 +134,9 @@ class S3ArchiveWriter:
     :param client: a boto3 S3 client (``S3Hook(aws_conn_id=...).get_conn()``).
     :param bucket: the archive bucket.
     :param row_transform: applied to each row before it is encoded (the erasure map's
-        pseudonymisation of subject columns); the row count is unchanged.
+        pseudonymisation of subject columns); the row count is unchanged. Its ``prepare()``, if it
+        has one, runs here: writers are built before any row is locked, so a transform that reads
+        a secret does so outside the batch transactions.
     """
 
     def __init__(
@@ -146,6 +148,9 @@ class S3ArchiveWriter:
         self.client = client
         self.bucket = bucket
         self.row_transform = row_transform
+        prepare = getattr(row_transform, "prepare", None)
+        if callable(prepare):
+            prepare()
 
     def write(self, key: str, rows: Sequence[Mapping[str, Any]]) -> ArchivedObject:
         """Upload ``rows`` to ``key`` and return the verified object (raises VerificationFailed)."""

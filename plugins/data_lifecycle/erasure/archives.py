@@ -148,7 +148,7 @@ class ArchivePseudonymiser:
     holds a subject id gets that column replaced by the keyed hash ``HMAC(key, "<table>.<column>:<id>")``
     (the construction of the map's ``keyed_hash`` mask), and every other masked column its mask
     (null, fixed or keyed hash), as an erasure would leave it. Rows without a subject pass unchanged.
-    The key is read at the first row (run time), never when the DAG is parsed.
+    The key is read when the archive writer is built (run time), never when the DAG is parsed.
 
     :param table: ``schema.table`` whose rows are archived.
     :param map_path: the subject map file (default: the deployed one).
@@ -158,6 +158,10 @@ class ArchivePseudonymiser:
         self.table = table
         self.map_path = map_path
         self._state: tuple[list[TableTarget], Any] | None = None
+
+    def prepare(self) -> None:
+        """Read the map and the key now (the writer calls it before any row is locked)."""
+        self._load()
 
     def _load(self) -> tuple[list[TableTarget], Any]:
         if self._state is None:
