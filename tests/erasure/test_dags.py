@@ -207,6 +207,14 @@ def test_deadline_check_alerts_on_open_requests(dagbag, world, slack_sink):
             (request_id, world.keys.subject_hash(uid), status, recorded_at, requested_at),
         )
 
+    # Registered but never run: the deadline runs from the registration's request time.
+    from data_lifecycle.erasure.intake import register
+
+    never_run = register(
+        world.ledger_pg, "app.erasure_requests", world.keys, 2, requested_at=now - timedelta(days=27)
+    )
+    fresh = register(world.ledger_pg, "app.erasure_requests", world.keys, 3, requested_at=now)
+
     dr = run_dag(dagbag.dags["erasure_deadline_check"], {})
 
     assert str(dr.state) == "success", states(dr)
@@ -214,6 +222,7 @@ def test_deadline_check_alerts_on_open_requests(dagbag, world, slack_sink):
     assert "DSR-OLD-1" in texts and "OVERDUE" in texts
     assert "DSR-NEAR-2" in texts and "DSR-PARAM-5" in texts
     assert "DSR-FRESH-3" not in texts and "DSR-DONE-4" not in texts
+    assert f"`{never_run}`" in texts and "last status registered" in texts and fresh not in texts
     assert str(SUBJECT_ID) not in texts
 
 

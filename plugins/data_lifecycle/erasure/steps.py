@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from data_lifecycle.erasure import ledger
 from data_lifecycle.erasure.executor import erase_target
+from data_lifecycle.erasure.intake import intake_table
 from data_lifecycle.erasure.keys import HASH_PREFIX_LENGTH, SubjectKeys, load_subject_keys
 from data_lifecycle.erasure.matching import count_matches
 from data_lifecycle.erasure.params import REQUEST_ID_PATTERN, Connections
@@ -365,7 +366,9 @@ def deadline_report(smap: SubjectMap, ledger_conn_id: str, anchor: datetime) -> 
     """Open requests older than ``alert_after_days`` at ``anchor``, with their deadline."""
     with pg_connection(ledger_conn_id) as conn:
         ledger.ensure_ledger(conn, smap.ledger_table)
-        rows = ledger.open_requests(conn, smap.ledger_table)
+        intake = intake_table(smap.ledger_table)
+        has_intake = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (intake,)).fetchone()[0]
+        rows = ledger.open_requests(conn, smap.ledger_table, intake if has_intake else None)
     due = []
     for r in rows:
         age = anchor - r["requested_at"]
@@ -421,7 +424,7 @@ def coverage_report(conns: Connections) -> dict[str, Any]:
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
     """The ``Run`` of a task of ``erase_user_data``: its params name a registered request, whose
     sealed subject id is read from the intake table (and kept in memory only)."""
-    from data_lifecycle.erasure.intake import intake_table, lookup
+    from data_lifecycle.erasure.intake import lookup
     from data_lifecycle.erasure.subject_map import load_subject_map
 
     smap = load_subject_map()
