@@ -107,7 +107,20 @@ class TestArchiveCoverage:
             "storage_class": "GLACIER",
             "retention_days": 400,
         }
-        path = _policy_file(tmp_path, "t", object_archives=[rule], storage_tiers=[])
+        shipped = yaml.safe_load(DEFAULT_POLICY_FILE.read_text().replace("dreamseed-", "dreamseed-t-"))
+        tiers = [t for t in shipped["storage_tiers"] if t["bucket"] != "dreamseed-t-uploads"]
+        tiers.append(
+            {
+                "id": "upload_archive",
+                "bucket": "dreamseed-t-upload-archive",
+                "rules": [
+                    {"id": "lifecycle-upload-archive", "prefix": "uploads/user_", "expiration_days": 3650}
+                ],
+            }
+        )
+        path = _policy_file(
+            tmp_path, "t", object_archives=[*shipped["object_archives"], rule], storage_tiers=tiers
+        )
         doc = _map_doc(buckets=[{"bucket": "dreamseed-t-uploads", "prefixes": ["user_{user_id}/"]}])
         policy = load_policy(path)
         with pytest.raises(LifecycleConfigError) as err:

@@ -1,5 +1,5 @@
 """Issue 15's end-to-end check: a user with rows in every mapped table, log rows archived to S3,
-uploads with several versions copied to an archive bucket, is erased; then no table, no object
+uploads with several versions, and exports copied to an archive bucket by copy-then-delete, is erased; then no table, no object
 version in any bucket the policy touches, no dag_run.conf, XCom, task log or Slack message holds
 the user's id, email or IP address. A restore of the database to before the erasure, followed by
 replay_erasures, leaves no trace again (the ledger lives in its own database)."""
@@ -99,14 +99,24 @@ def estate(world: Any, make_bucket: Any, tmp_path: Path, monkeypatch: pytest.Mon
     policy = yaml.safe_load(text)
     logs, log_archive = f"dreamseed-{token}-logs", f"dreamseed-{token}-log-archive"
     upload_archive = make_bucket("upload-archive", versioned=True)
+    # Copy-then-delete archives unversioned buckets only: the users' exports live in one.
+    exports = make_bucket("exports")
     for bucket in (logs, log_archive):
         world.s3.create_bucket(Bucket=bucket)
-        world.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
-    policy["storage_tiers"] = [t for t in policy["storage_tiers"] if t["bucket"] == logs]
+    # The exports' user_ prefix is archived by copy-then-delete; the archive bucket declares its
+    # lifecycle, as every archive must.
+    policy["storage_tiers"] = [t for t in policy["storage_tiers"] if t["bucket"] in (logs, log_archive)]
+    policy["storage_tiers"].append(
+        {
+            "id": "upload_archive",
+            "bucket": upload_archive,
+            "rules": [{"id": "lifecycle-upload-archive", "prefix": "uploads/user_", "expiration_days": 3650}],
+        }
+    )
     policy["object_archives"].append(
         {
             "id": "uploads_to_archive",
-            "source_bucket": world.bucket,
+            "source_bucket": exports,
             "source_prefix": "user_",
             "dest_bucket": upload_archive,
             "dest_prefix": "uploads/user_",
@@ -118,10 +128,15 @@ def estate(world: Any, make_bucket: Any, tmp_path: Path, monkeypatch: pytest.Mon
     policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
     monkeypatch.setenv(POLICY_FILE_ENV, str(policy_path))
     doc = yaml.safe_load(world.map_path.read_text())
+    doc["buckets"].append({"bucket": exports, "prefixes": ["user_{user_id}/"]})
     doc["buckets"].append({"bucket": upload_archive, "prefixes": ["uploads/user_{user_id}/"]})
     world.map_path = write_map(tmp_path / "map.yaml", world.bucket, buckets=doc["buckets"])
     monkeypatch.setenv("ERASURE_SUBJECT_MAP_FILE", str(world.map_path))
-    return {"buckets": [world.bucket, logs, log_archive, upload_archive], "logs": logs}
+    return {
+        "buckets": [world.bucket, exports, logs, log_archive, upload_archive],
+        "logs": logs,
+        "exports": exports,
+    }
 
 
 def _dag(dag_id: str) -> Any:
@@ -159,12 +174,15 @@ def test_erasure_leaves_no_trace_anywhere_even_after_a_restore(  # noqa: PLR0917
     )
     for body in (b"draft", f"CV of {SUBJECT_EMAIL}".encode()):
         s3.put_object(Bucket=world.bucket, Key=f"user_{SUBJECT_ID}/cv.txt", Body=body)
+    for uid in (SUBJECT_ID, 1):
+        s3.put_object(Bucket=estate["exports"], Key=f"user_{uid}/export.csv", Body=f"user {uid}".encode())
+    s3.put_object(Bucket=estate["exports"], Key=f"user_{SUBJECT_ID}/letter.txt", Body=SUBJECT_EMAIL.encode())
 
     # Our DAGs copy the data: log rows to db-archive/, user prefixes to the archive bucket.
     _run("archive_app_logs", datetime(2026, 2, 1, 3, tzinfo=UTC))
     _run("apply_storage_tiers", datetime.now(UTC).replace(microsecond=0) + timedelta(days=60))
     assert object_versions(s3, estate["logs"], "db-archive/")
-    assert object_versions(s3, estate["buckets"][3], f"uploads/user_{SUBJECT_ID}/")
+    assert object_versions(s3, estate["buckets"][4], f"uploads/user_{SUBJECT_ID}/")
     assert table_traces(pg) and bucket_traces(s3, estate["buckets"])  # the traces exist before
 
     # The backup, taken before the erasure.
