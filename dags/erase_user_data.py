@@ -11,10 +11,12 @@ provably, within the legal deadline. Triggered by hand (or the API) per request.
   (children first, keyset batches in short transactions) → S3 (every version and delete marker;
   refused if a version is under legal hold or retention) → verify (every target re-queried) →
   ledger `completed` (or `noop` when nothing was left, or `failed` with the reason) → Slack summary.
-- **Params**: `user_id` and `request_id` are required and validated before the run is created;
-  `dry_run` is on by default: look at the plan first, then trigger again with it off.
-- **Privacy**: the ledger, XCom, logs and Slack name the request id and a keyed-hash prefix of the
-  subject, never the user id or email.
+- **Params**: `request_id` only (required, validated before the run is created): register the
+  request first with `python -m data_lifecycle.erasure.intake register --user-id N`, which seals
+  the id with the erasure key and prints the request id. `dry_run` is on by default: look at the
+  plan first, then trigger again with it off.
+- **Privacy**: the user id is never in `dag_run.conf`; the ledger, XCom, logs and Slack name the
+  request id and a keyed-hash prefix of the subject, never the user id or email.
 - **Rerun**: the same request again finds nothing, changes nothing and records `noop`.
 """
 

@@ -28,7 +28,10 @@ from devstack import postgres
 from devstack.settings import (
     AIRFLOW_DATABASE,
     DEMO_DATABASE,
+    ERASURE_ROLE_SQL,
     HOST,
+    LEDGER_DATABASE,
+    LEDGER_SQL,
     S3_PORT,
     SLACK_PORT,
     StackPaths,
@@ -127,6 +130,11 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
         (paths.run).mkdir(parents=True, exist_ok=True)
         (paths.run / STARTED_BY_US).write_text("1")
     postgres.ensure_database(DEMO_DATABASE)
+    postgres.ensure_database(LEDGER_DATABASE)
+    postgres.apply_sql(LEDGER_DATABASE, LEDGER_SQL)
+    # The erasure role (its login is the erasure connections'); the demo grants it the tables too.
+    postgres.apply_sql(LEDGER_DATABASE, ERASURE_ROLE_SQL)
+    postgres.apply_sql(DEMO_DATABASE, ERASURE_ROLE_SQL)
     if _start_process(
         paths,
         "moto",

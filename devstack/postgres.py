@@ -176,3 +176,11 @@ def server_version() -> str:
     with psycopg.connect(host=HOST, port=POSTGRES_PORT, user=POSTGRES_USER, dbname="postgres") as c:
         row = c.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "unknown"
+
+
+def apply_sql(dbname: str, path: Path) -> None:
+    """Run one of our idempotent SQL files in ``dbname``."""
+    with psycopg.connect(
+        host=HOST, port=POSTGRES_PORT, user=POSTGRES_USER, dbname=dbname, autocommit=True
+    ) as c:
+        c.execute(path.read_text())  # type: ignore[arg-type]  # our own file, no parameters

@@ -28,6 +28,10 @@ HOST = "127.0.0.1"
 
 POSTGRES_USER = "lifecycle"
 DEMO_DATABASE = "dreamseed"
+# The erasure ledger lives apart from the application database (a restore must not rewind it).
+LEDGER_DATABASE = "erasure_ledger"
+LEDGER_SQL = PROJECT_ROOT / "include" / "sql" / "erasure_ledger.sql"
+ERASURE_ROLE_SQL = PROJECT_ROOT / "include" / "sql" / "erasure_role.sql"
 AIRFLOW_DATABASE = "airflow_meta"
 
 

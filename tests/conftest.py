@@ -106,9 +106,40 @@ def pg_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) -> Ite
         }
     )
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", conn_json)
+    # The erasure DAGs' own connection, to the same database (as its owner; the least-privilege
+    # tests log in as the erasure role instead).
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_POSTGRES", conn_json)
     yield name
     with admin_connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def ledger_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh erasure ledger database of its own; ``erasure_ledger`` points at it."""
+    name = f"l_{uuid.uuid4().hex[:12]}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with admin_connect(name) as conn:
+        conn.execute(LEDGER_SQL.read_text())  # type: ignore[arg-type]
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_LEDGER", postgres_conn(name))
+    yield name
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def ledger_pg(ledger_database: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test's ledger database."""
+    with admin_connect(ledger_database) as conn:
+        yield conn
+
+
+def postgres_conn(dbname: str, login: str = POSTGRES_USER) -> str:
+    """``AIRFLOW_CONN_*`` JSON of a local-stack PostgreSQL connection to ``dbname``."""
+    return json.dumps(
+        {"conn_type": "postgres", "host": HOST, "port": POSTGRES_PORT, "login": login, "schema": dbname}
+    )
 
 
 @pytest.fixture

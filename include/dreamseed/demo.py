@@ -38,7 +38,10 @@ def run_conf(dag_id: str, started: datetime) -> dict[str, Any] | None:
     """Parameters of the manual-only DAGs: erase one (not soft-deleted) user for real, then replay
     the erasures completed since the demo started, as after a backup restore."""
     if dag_id == "erase_user_data":
-        return {"user_id": 42, "request_id": "demo-erasure-0001", "requested_by": "demo", "dry_run": False}
+        from data_lifecycle.erasure.intake import register_request
+
+        # Registered first (the id sealed with the erasure key); the run's conf names the request only.
+        return {"request_id": register_request(42, requested_by="demo"), "dry_run": False}
     if dag_id == "replay_erasures":
         return {"since": started.isoformat(), "dry_run": False}
     return None

@@ -23,9 +23,10 @@ import psycopg
 from psycopg import sql
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-# The DreamSeed tables, then the erasure ledger the right-to-erasure DAGs write to.
+# The DreamSeed tables, then the erasure role's grants on them (the erasure ledger lives in its
+# own database, made by the local stack).
 SCHEMA_SQL = SQL_DIR / "dreamseed_schema.sql"
-SCHEMA_FILES = (SCHEMA_SQL, SQL_DIR / "erasure_ledger.sql")
+SCHEMA_FILES = (SCHEMA_SQL, SQL_DIR / "erasure_role.sql")
 
 LOGS_BUCKET = "dreamseed-logs"
 LOG_ARCHIVE_BUCKET = "dreamseed-log-archive"

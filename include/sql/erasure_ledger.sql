@@ -30,7 +30,7 @@ COMMENT ON TABLE app.erasure_ledger IS
 CREATE OR REPLACE FUNCTION app.erasure_ledger_refuse_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'app.erasure_ledger is append-only: % refused', TG_OP
+    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
         USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
@@ -45,6 +45,28 @@ CREATE TRIGGER erasure_ledger_no_truncate
     BEFORE TRUNCATE ON app.erasure_ledger
     FOR EACH STATEMENT EXECUTE FUNCTION app.erasure_ledger_refuse_change();
 
+-- Erasure requests, registered before the DAG runs (python -m data_lifecycle.erasure.intake
+-- register --user-id N): the DAG is triggered with the request id only, so the subject id never
+-- enters dag_run.conf, the UI, the REST API or the metadata DB. The id is kept only sealed.
+CREATE TABLE IF NOT EXISTS app.erasure_requests (
+    request_id     text        PRIMARY KEY CHECK (request_id ~ '^[A-Za-z0-9][A-Za-z0-9._:-]{2,63}$'),
+    subject_hash   text        NOT NULL CHECK (subject_hash ~ '^[0-9a-f]{64}$'),
+    subject_token  text        NOT NULL,
+    requested_by   text,
+    requested_at   timestamptz NOT NULL,
+    registered_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+DROP TRIGGER IF EXISTS erasure_requests_append_only ON app.erasure_requests;
+CREATE TRIGGER erasure_requests_append_only
+    BEFORE UPDATE OR DELETE ON app.erasure_requests
+    FOR EACH ROW EXECUTE FUNCTION app.erasure_ledger_refuse_change();
+
+DROP TRIGGER IF EXISTS erasure_requests_no_truncate ON app.erasure_requests;
+CREATE TRIGGER erasure_requests_no_truncate
+    BEFORE TRUNCATE ON app.erasure_requests
+    FOR EACH STATEMENT EXECUTE FUNCTION app.erasure_ledger_refuse_change();
+
 -- The erasure DAGs' role: it may add and read ledger rows, nothing else on this table. Grant it to
 -- the login role of the DAGs' connection (GRANT lifecycle_erasure TO <login role>).
 DO $$
@@ -55,5 +77,5 @@ BEGIN
 END;
 $$;
 GRANT USAGE ON SCHEMA app TO lifecycle_erasure;
-REVOKE ALL ON app.erasure_ledger FROM lifecycle_erasure;
-GRANT SELECT, INSERT ON app.erasure_ledger TO lifecycle_erasure;
+REVOKE ALL ON app.erasure_ledger, app.erasure_requests FROM lifecycle_erasure;
+GRANT SELECT, INSERT ON app.erasure_ledger, app.erasure_requests TO lifecycle_erasure;

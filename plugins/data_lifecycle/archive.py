@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -133,16 +133,31 @@ class S3ArchiveWriter:
 
     :param client: a boto3 S3 client (``S3Hook(aws_conn_id=...).get_conn()``).
     :param bucket: the archive bucket.
+    :param row_transform: applied to each row before it is encoded (the erasure map's
+        pseudonymisation of subject columns); the row count is unchanged. Its ``prepare()``, if it
+        has one, runs here: writers are built before any row is locked, so a transform that reads
+        a secret does so outside the batch transactions.
     """
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
+        self.row_transform = row_transform
+        prepare = getattr(row_transform, "prepare", None)
+        if callable(prepare):
+            prepare()
 
     def write(self, key: str, rows: Sequence[Mapping[str, Any]]) -> ArchivedObject:
         """Upload ``rows`` to ``key`` and return the verified object (raises VerificationFailed)."""
         if len(key.encode("utf-8")) > MAX_S3_KEY_BYTES:
             raise LifecycleConfigError(f"Archive key is longer than {MAX_S3_KEY_BYTES} bytes: {key[:80]}...")
+        if self.row_transform is not None:
+            rows = [self.row_transform(r) for r in rows]
         body, count = encode_rows(rows)
         sha256 = base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
         self.client.put_object(

@@ -238,7 +238,16 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
             "prefix": rule.archive.prefix,
             "aws_conn_id": policy.aws_conn_id,
         }
+        kwargs["archive_row_transform"] = archive_row_transform(rule.table)
     return destructive(**kwargs)
+
+
+def archive_row_transform(table: str) -> Any:
+    """The erasure map's pseudonymisation of ``table``'s archived rows (None when it has none)."""
+    from data_lifecycle.erasure.archives import archive_row_transform as transform
+    from data_lifecycle.erasure.subject_map import load_subject_map
+
+    return transform(load_subject_map(), table)
 
 
 def expiry_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
@@ -317,4 +326,5 @@ def partition_retention_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
             "prefix": rule.archive.prefix,
             "aws_conn_id": policy.aws_conn_id,
         }
+        kwargs["archive_row_transform"] = archive_row_transform(rule.table)
     return destructive(**kwargs)

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from data_lifecycle.erasure.subject_map import DEFAULT_SUBJECT_MAP_FILE, SUBJECT_MAP_FILE_ENV
 from data_lifecycle.policy import DEFAULT_POLICY_FILE, POLICY_FILE_ENV, Policy, load_policy
 from devstack.dag_runner import test_run
 from include.dreamseed.demo import demo_anchor
@@ -48,15 +49,20 @@ def lifecycle_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycl
     text = text.replace("max_retry_delay_seconds: 3600", "max_retry_delay_seconds: 2")
     path = tmp_path_factory.mktemp("policy") / "lifecycle.yaml"
     path.write_text(text)
-    saved = os.environ.get(POLICY_FILE_ENV)
+    # The erasure map names the same buckets (purge_soft_deleted purges the users' prefixes).
+    map_path = path.with_name("erasure_subject_map.yaml")
+    map_path.write_text(DEFAULT_SUBJECT_MAP_FILE.read_text().replace("dreamseed-", f"dreamseed-{token}-"))
+    saved = {env: os.environ.get(env) for env in (POLICY_FILE_ENV, SUBJECT_MAP_FILE_ENV)}
     os.environ[POLICY_FILE_ENV] = str(path)
+    os.environ[SUBJECT_MAP_FILE_ENV] = str(map_path)
     try:
         yield LifecycleEnv(policy=load_policy(path), token=token)
     finally:
-        if saved is None:
-            os.environ.pop(POLICY_FILE_ENV, None)
-        else:
-            os.environ[POLICY_FILE_ENV] = saved
+        for env, value in saved.items():
+            if value is None:
+                os.environ.pop(env, None)
+            else:
+                os.environ[env] = value
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ SUBJECT_EMAIL = "erasure.subject.7340219@dreamseed.example"
 # The last one starts with the subject's digits: its keys (user_73402190/) must survive.
 OTHER_IDS = (1, 2, 73_402_190)
 CONNS = Connections(
-    postgres="lifecycle_postgres", aws="lifecycle_aws", slack="slack_alerts", ledger="lifecycle_postgres"
+    postgres="lifecycle_postgres", aws="lifecycle_aws", slack="slack_alerts", ledger="erasure_ledger"
 )
 TABLES = ("app.sessions", "app.user_uploads", "app.student_progress", "app.app_logs", "app.users")
 
@@ -37,6 +37,7 @@ class ErasureWorld:
     bucket: str
     map_path: Path
     keys: SubjectKeys
+    ledger_pg: Any
 
     @property
     def smap(self) -> Any:
@@ -49,6 +50,12 @@ class ErasureWorld:
             user_id=SUBJECT_ID, request_id=request_id, requested_by="privacy-team", dry_run=dry_run
         )
         return Run(self.smap, CONNS, self.keys, request, dag_id="erase_user_data", run_id=run_id)
+
+    def register(self, user_id: int = SUBJECT_ID, requested_by: str = "privacy-team") -> str:
+        """Register an erasure request as the intake command does; returns its request id."""
+        from data_lifecycle.erasure.intake import register
+
+        return register(self.ledger_pg, "app.erasure_requests", self.keys, user_id, requested_by=requested_by)
 
     def snapshot(self) -> dict[str, Any]:
         """Full row counts per table and per user, and every object version in the bucket."""
@@ -67,11 +74,11 @@ class ErasureWorld:
         return out
 
     def ledger_text(self) -> str:
-        rows = self.pg.execute("SELECT t::text FROM app.erasure_ledger AS t ORDER BY id").fetchall()
+        rows = self.ledger_pg.execute("SELECT t::text FROM app.erasure_ledger AS t ORDER BY id").fetchall()
         return "\n".join(r[0] for r in rows)
 
     def ledger(self) -> list[dict[str, Any]]:
-        cur = self.pg.execute("SELECT * FROM app.erasure_ledger ORDER BY id")
+        cur = self.ledger_pg.execute("SELECT * FROM app.erasure_ledger ORDER BY id")
         names = [d.name for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
@@ -151,8 +158,13 @@ def write_map(path: Path, bucket: str, **overrides: Any) -> Path:
 
 
 @pytest.fixture
-def world(
-    pg: Any, s3_client: Any, make_bucket: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def world(  # noqa: PLR0917 - pytest fixtures are positional
+    pg: Any,
+    ledger_pg: Any,
+    s3_client: Any,
+    make_bucket: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[ErasureWorld]:
     """Subject and four other users in PostgreSQL and in a versioned, lock-enabled bucket."""
     bucket = make_bucket("uploads", versioned=True, object_lock=True)
@@ -161,4 +173,4 @@ def world(
     seed_users(pg, (SUBJECT_ID, *OTHER_IDS))
     seed_objects(s3_client, bucket, (SUBJECT_ID, *OTHER_IDS))
     keys = load_subject_keys("erasure_hmac", "app.users")
-    yield ErasureWorld(pg=pg, s3=s3_client, bucket=bucket, map_path=map_path, keys=keys)
+    yield ErasureWorld(pg=pg, s3=s3_client, bucket=bucket, map_path=map_path, keys=keys, ledger_pg=ledger_pg)

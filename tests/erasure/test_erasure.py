@@ -47,7 +47,7 @@ class TestCoverage:
         path = write_map(
             tmp_path / "m.yaml",
             world.bucket,
-            exempt=[{"table": "app.exports", "column": "user_id", "reason": "holds only aggregate counts"}],
+            ignore=[{"table": "app.exports", "column": "user_id", "reason": "holds only aggregate counts"}],
         )
         world.map_path = path
         assert coverage_gaps(world.pg, world.smap) == []
@@ -212,20 +212,20 @@ class TestLedger:
     def test_is_append_only_for_owner_and_role(self, world):
         world.run().record(Status.STARTED)
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            world.pg.execute("UPDATE app.erasure_ledger SET status = 'completed'")
+            world.ledger_pg.execute("UPDATE app.erasure_ledger SET status = 'completed'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            world.pg.execute("DELETE FROM app.erasure_ledger")
+            world.ledger_pg.execute("DELETE FROM app.erasure_ledger")
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            world.pg.execute("TRUNCATE app.erasure_ledger")
-        with world.pg.transaction(force_rollback=True):
-            world.pg.execute("SET LOCAL ROLE lifecycle_erasure")
-            assert world.pg.execute("SELECT count(*) FROM app.erasure_ledger").fetchone()[0] == 1
-            world.pg.execute(
+            world.ledger_pg.execute("TRUNCATE app.erasure_ledger")
+        with world.ledger_pg.transaction(force_rollback=True):
+            world.ledger_pg.execute("SET LOCAL ROLE lifecycle_erasure")
+            assert world.ledger_pg.execute("SELECT count(*) FROM app.erasure_ledger").fetchone()[0] == 1
+            world.ledger_pg.execute(
                 "INSERT INTO app.erasure_ledger (request_id, subject_hash, status, dry_run, dag_id, run_id) "
                 "VALUES ('REQ-2', repeat('a', 64), 'started', false, 'd', 'r')"
             )
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
-                world.pg.execute("UPDATE app.erasure_ledger SET reason = 'x'")
+                world.ledger_pg.execute("UPDATE app.erasure_ledger SET reason = 'x'")
 
 
 class TestReplay:
@@ -255,7 +255,7 @@ def test_deadline_alert_lists_only_open_requests_past_the_threshold(world, slack
         ("DSR-DONE", 3, "started", 40),
         ("DSR-DONE", 3, "noop", 39),
     ):
-        world.pg.execute(
+        world.ledger_pg.execute(
             "INSERT INTO app.erasure_ledger (request_id, subject_hash, status, dry_run, dag_id, run_id, recorded_at) "
             "VALUES (%s, %s, %s, false, 'erase_user_data', 'r', %s)",
             (request_id, world.keys.subject_hash(uid), status, anchor - timedelta(days=days_ago)),

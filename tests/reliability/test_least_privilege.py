@@ -6,6 +6,7 @@ Also checks include/iam/lifecycle_s3_policy.json against the S3 calls the code m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
+from data_lifecycle.erasure.ledger import Status
+from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.operators.postgres import (
     PostgresBatchedDeleteOperator,
     PostgresPartitionPremakeOperator,
@@ -24,6 +27,7 @@ from data_lifecycle.operators.postgres import (
     PostgresVacuumAnalyzeOperator,
 )
 from tests.conftest import admin_connect
+from tests.erasure.conftest import SUBJECT_ID, world  # noqa: F401 - the erasure fixture
 from tests.reliability.data import ANCHOR, load_monthly_progress, load_sessions, month
 from tests.reliability.harness import connect, postgres_conn_json, run_context, scratch_database
 from tests.reliability.invariants import assert_deleted_rows_archived, table_rows, verified_archive
@@ -273,3 +277,104 @@ def test_iam_policy_grants_exactly_the_actions_the_code_uses() -> None:
     needed = set().union(*(ACTIONS_OF_CALL[c] for c in calls)) | EXTRA_ACTIONS
     assert needed - granted == set(), "actions the code needs but the policy lacks"
     assert granted - needed == set(), "actions the policy grants but the code never uses"
+
+
+# -- the erasure role -----------------------------------------------------------------------------
+
+ERASURE_ROLE_SQL = ROOT / "include" / "sql" / "erasure_role.sql"
+ERASURE_LOGIN = "lifecycle_erasure_login"
+
+
+@pytest.fixture
+def as_erasure_role(
+    world: Any,  # noqa: F811 - the fixture imported above
+    pg_database: str,
+    ledger_database: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Any:
+    """The erasure world, with both erasure connections logging in as the erasure role."""
+    world.pg.execute(ERASURE_ROLE_SQL.read_text())
+    world.pg.execute(ERASURE_ROLE_SQL.read_text())  # idempotent
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_POSTGRES", postgres_conn_json(pg_database, ERASURE_LOGIN))
+    monkeypatch.setenv("AIRFLOW_CONN_ERASURE_LEDGER", postgres_conn_json(ledger_database, ERASURE_LOGIN))
+    return world
+
+
+def _erase_dag_run(conf: dict[str, Any]) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from devstack.dag_runner import test_run as run_fresh
+
+    dag = DagBag(dag_folder=str(ROOT / "dags" / "erase_user_data.py"), safe_mode=False).dags[
+        "erase_user_data"
+    ]
+    return run_fresh(dag, logical_date=None, conf=conf)
+
+
+class TestErasureRunsAsTheErasureRole:
+    def test_the_whole_erasure_dag_succeeds_under_the_role(self, as_erasure_role: Any) -> None:
+        erasure = as_erasure_role
+        before = erasure.snapshot()
+        dr = _erase_dag_run(erasure_conf(erasure))
+        assert str(dr.state) == "success", {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
+        after = erasure.snapshot()
+        for table in ("app.sessions", "app.user_uploads", "app.student_progress", "app.users"):
+            assert before[f"{table}:{SUBJECT_ID}"] > 0 and after[f"{table}:{SUBJECT_ID}"] == 0
+        assert after[f"app.app_logs:{SUBJECT_ID}"] == 0
+        assert [e["status"] for e in erasure.ledger()] == ["started", "completed"]
+
+    def test_a_missing_grant_fails_the_plan_before_anything_is_erased(self, as_erasure_role: Any) -> None:
+        erasure = as_erasure_role
+        erasure.pg.execute("REVOKE UPDATE (context) ON app.app_logs FROM lifecycle_erasure")
+        before = erasure.snapshot()
+        dr = _erase_dag_run(erasure_conf(erasure))
+        assert str(dr.state) == "failed"
+        assert erasure.snapshot() == before
+        ledger = erasure.ledger()
+        assert [e["status"] for e in ledger] == ["failed"]
+        assert "UPDATE (context) on app.app_logs" in ledger[0]["reason"]
+
+    def test_the_cleanup_role_alone_cannot_start_an_erasure(
+        self, as_erasure_role: Any, pg_database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        erasure = as_erasure_role
+        erasure.pg.execute(ROLE_SQL.read_text())
+        monkeypatch.setenv("AIRFLOW_CONN_ERASURE_POSTGRES", postgres_conn_json(pg_database, LOGIN))
+        before = erasure.snapshot()
+        run = erasure.run("DSR-ROLE-3")
+        run.conns = dataclasses.replace(run.conns, postgres="erasure_postgres")
+        with pytest.raises(LifecycleConfigError, match=r"lacks .*UPDATE \(user_id\) on app.app_logs"):
+            run.erase_tables()
+        assert erasure.snapshot() == before
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            pytest.param(
+                "INSERT INTO app.users (email, display_name, created_at) VALUES ('x', 'x', now())",
+                id="insert",
+            ),
+            pytest.param("UPDATE app.app_logs SET message = 'x'", id="update-unmasked-column"),
+            pytest.param("UPDATE app.users SET email = 'x'", id="update-deleted-table"),
+            pytest.param("TRUNCATE app.sessions", id="truncate"),
+            pytest.param("DELETE FROM app.cleanup_audit", id="delete-audit"),
+            pytest.param("DROP TABLE app.sessions", id="drop"),
+        ],
+    )
+    def test_the_erasure_role_is_refused(
+        self, statement: str, as_erasure_role: Any, pg_database: str
+    ) -> None:
+        with connect(pg_database, user=ERASURE_LOGIN) as conn, pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(statement)
+
+    def test_the_ledger_is_append_only_for_the_role(self, as_erasure_role: Any, ledger_database: str) -> None:
+        as_erasure_role.run("DSR-ROLE-4").record(Status.STARTED)
+        with connect(ledger_database, user=ERASURE_LOGIN) as conn:
+            for statement in ("UPDATE app.erasure_ledger SET reason = 'x'", "DELETE FROM app.erasure_ledger"):
+                with pytest.raises(errors.InsufficientPrivilege):
+                    conn.execute(statement)
+
+
+def erasure_conf(erasure: Any) -> dict[str, Any]:
+    """The trigger conf of a real erasure of the test subject: a registered request id only."""
+    return {"request_id": erasure.register(), "dry_run": False}

@@ -96,8 +96,14 @@ def foreign_key_edges(conn: Any) -> set[tuple[str, str]]:
     return {(r[0], r[1]) for r in rows}
 
 
+def name_regex(pattern: str) -> str:
+    """A ``reference_columns`` entry (a name, ``*`` for any characters) as an anchored regex."""
+    return "^" + pattern.replace("*", ".*") + "$"
+
+
 def subject_references(conn: Any, subject_table: str, reference_columns: tuple[str, ...]) -> list[Reference]:
-    """Every column of every user table that references the subject table or is named like its key."""
+    """Every column of every user table that references the subject table or whose name matches one
+    of ``reference_columns`` (names, or patterns with ``*``)."""
     schema, name = subject_table.split(".", 1)
     rows = conn.execute(
         """
@@ -116,11 +122,11 @@ def subject_references(conn: Any, subject_table: str, reference_columns: tuple[s
         JOIN pg_class c ON c.oid = a.attrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-          AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY (%(names)s)
+          AND a.attnum > 0 AND NOT a.attisdropped AND a.attname ~ ANY (%(patterns)s)
           AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%%'
         ORDER BY 1, 2, 3
         """,
-        {"schema": schema, "name": name, "names": list(reference_columns)},
+        {"schema": schema, "name": name, "patterns": [name_regex(p) for p in reference_columns]},
     ).fetchall()
     reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
     for table, column, why in rows:

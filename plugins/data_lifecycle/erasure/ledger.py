@@ -130,22 +130,36 @@ def completed_since(conn: Any, table: str, since: datetime) -> list[dict[str, An
     return sorted(out, key=lambda e: (e["completed_at"], e["request_id"]))
 
 
-def open_requests(conn: Any, table: str) -> list[dict[str, Any]]:
+def newest_entry(conn: Any, table: str) -> datetime | None:
+    """When the ledger's newest entry (of any kind) was recorded; None when it is empty."""
+    row = conn.execute(sql.SQL("SELECT max(recorded_at) FROM {}").format(_ident(table))).fetchone()
+    return row[0] if row else None
+
+
+def open_requests(conn: Any, table: str, intake: str | None = None) -> list[dict[str, Any]]:
     """Requests with no real completion yet, with their request time.
 
     The request time is the ``requested_at`` param, else the first ``started`` entry, else the first
     entry of any kind (a request refused before it started, e.g. under legal hold, still runs late).
+    With ``intake``, requests registered there but never run are open too (status ``registered``).
     """
+    registered: sql.Composable = sql.SQL("")
+    if intake is not None:
+        registered = sql.SQL(
+            "UNION ALL SELECT i.request_id, i.subject_hash, i.requested_at, 'registered' FROM {i} AS i "
+            "WHERE NOT EXISTS (SELECT 1 FROM {t} AS l WHERE l.request_id = i.request_id) "
+        ).format(i=_ident(intake), t=_ident(table))
     rows = conn.execute(
         sql.SQL(
             "SELECT request_id, min(subject_hash), "
             "coalesce(min(requested_at), min(recorded_at) FILTER (WHERE status = 'started'), min(recorded_at)) "
             "AS requested, "
             "(array_agg(status ORDER BY id DESC))[1] AS last_status "
-            "FROM {} GROUP BY request_id "
+            "FROM {t} GROUP BY request_id "
             "HAVING NOT bool_or(status = ANY (%s) AND NOT dry_run) "
-            "ORDER BY requested"
-        ).format(_ident(table)),
+            "{registered}"
+            "ORDER BY 3"
+        ).format(t=_ident(table), registered=registered),
         (list(DONE_STATUSES),),
     ).fetchall()
     return [

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from data_lifecycle.erasure.subject_map import SubjectMap
+from data_lifecycle.erasure.subject_map import ACKNOWLEDGED, SubjectMap
+from data_lifecycle.exceptions import LifecycleConfigError
 
 # Shared by the trigger form, the ledger's CHECK constraint and the run-time check.
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{2,63}$"
@@ -23,47 +24,39 @@ class Connections:
 
     @classmethod
     def from_policy(cls, policy: Any, smap: SubjectMap) -> Connections:
-        """The lifecycle policy's connections; the ledger's own one when the subject map names it."""
-        return cls(
-            postgres=policy.postgres_conn_id,
-            aws=policy.aws_conn_id,
-            slack=policy.slack_conn_id,
-            ledger=smap.ledger_conn_id or policy.postgres_conn_id,
-        )
+        """The subject map's connections (PostgreSQL, ledger), else the lifecycle policy's.
+
+        A ledger on the connection of an erased database is refused (a restore of that database
+        would rewind the ledger with it) unless the map says ``ledger_survives_restore: acknowledged``.
+        """
+        postgres = smap.postgres_conn_id or policy.postgres_conn_id
+        ledger = smap.ledger_conn_id or postgres
+        erased = {postgres, policy.postgres_conn_id}
+        if ledger in erased and smap.ledger_survives_restore != ACKNOWLEDGED:
+            raise LifecycleConfigError(
+                f"Invalid erasure subject map {smap.source}: connections, field 'ledger': '{ledger}' is "
+                "the connection of an erased database, so restoring that database would rewind the "
+                "ledger and replay_erasures would miss the erasures the restore undid. Name a ledger "
+                "connection to another database, or set `ledger_survives_restore: acknowledged`."
+            )
+        return cls(postgres=postgres, aws=policy.aws_conn_id, slack=policy.slack_conn_id, ledger=ledger)
 
 
 def erasure_params() -> dict[str, Any]:
-    """The trigger form of ``erase_user_data``; validated when the run is created."""
+    """The trigger form of ``erase_user_data``: a registered request id, never the subject id.
+
+    The request is registered first (``python -m data_lifecycle.erasure.intake register``), which
+    seals the id with the erasure key; the tasks unseal it from the intake table.
+    """
     from airflow.sdk import Param
 
     return {
-        "user_id": Param(
-            type="integer",
-            minimum=1,
-            title="User id",
-            description="Id of the app.users row whose data is erased. Never stored in clear.",
-        ),
         "request_id": Param(
             type="string",
             pattern=REQUEST_ID_PATTERN,
             title="Request id",
-            description="Reference of the erasure request (ticket id), 3-64 letters, digits, . _ : -. "
-            "Must not contain the user id or email.",
-        ),
-        "requested_by": Param(
-            "",
-            type="string",
-            maxLength=200,
-            title="Requested by",
-            description="Who handles the request (team or operator), for the ledger.",
-        ),
-        "requested_at": Param(
-            None,
-            type=["null", "string"],
-            format="date-time",
-            title="Requested at",
-            description="When the person asked (ISO 8601 with timezone); the legal deadline runs from it. "
-            "Empty: the first run's start.",
+            description="The id printed by `python -m data_lifecycle.erasure.intake register --user-id N`. "
+            "The user id itself is never entered here.",
         ),
         "dry_run": Param(
             True,

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, cast
 
 from data_lifecycle.erasure import ledger
 from data_lifecycle.erasure.executor import erase_target
+from data_lifecycle.erasure.intake import intake_table
 from data_lifecycle.erasure.keys import HASH_PREFIX_LENGTH, SubjectKeys, load_subject_keys
 from data_lifecycle.erasure.matching import count_matches
 from data_lifecycle.erasure.params import REQUEST_ID_PATTERN, Connections
 from data_lifecycle.erasure.planner import plan_tables, prepare_targets
+from data_lifecycle.erasure.privileges import check_ledger_privileges, check_table_privileges
 from data_lifecycle.erasure.s3_purge import delete_scanned, remaining, scan_bucket
 from data_lifecycle.erasure.subject_map import SubjectMap
 from data_lifecycle.exceptions import (
@@ -197,11 +199,14 @@ class Run:
         """Rows and object versions per target, checked for locks; no change anywhere."""
         with pg_connection(self.conns.ledger) as conn:
             ledger.ensure_ledger(conn, self.smap.ledger_table)
+            check_ledger_privileges(conn, self.smap.ledger_table)
             ledger.check_request_subject(
                 conn, self.smap.ledger_table, self.request.request_id, self.subject_hash
             )
         with pg_connection(self.conns.postgres) as conn:
-            tables = plan_tables(conn, prepare_targets(conn, self.smap), self.request.user_id)
+            prepared = prepare_targets(conn, self.smap)
+            check_table_privileges(conn, prepared, self.smap.source)
+            tables = plan_tables(conn, prepared, self.request.user_id)
         objects: dict[str, Any] = {}
         for b in self.smap.buckets:
             objects.update(scan_bucket(self.s3, b, self.request.user_id).counts)
@@ -228,6 +233,14 @@ class Run:
             )
         return plan
 
+    def recheck_coverage(self, conn: Any) -> None:
+        """The coverage check again, before a step's first write: a step called on its own (as a
+        library, or after the map or schema changed since the coverage task) erases nothing when
+        the map misses a reference column or an archive destination."""
+        from data_lifecycle.erasure.coverage import check_full_coverage
+
+        check_full_coverage(conn, self.smap)
+
     def erase_tables(self) -> dict[str, int]:
         """Delete or mask every target in foreign-key order; rows per target."""
         if self.request.dry_run:
@@ -238,12 +251,18 @@ class Run:
             return would
         out: dict[str, int] = {}
         with pg_connection(self.conns.postgres) as conn:
-            for p in prepare_targets(conn, self.smap):
+            self.recheck_coverage(conn)
+            prepared = prepare_targets(conn, self.smap)
+            check_table_privileges(conn, prepared, self.smap.source)
+            for p in prepared:
                 out[p.name] = erase_target(conn, p, self.request.user_id, self.keys, self.smap.batch)["rows"]
         return out
 
     def purge_objects(self) -> dict[str, Any]:
         """Check every bucket for locked versions first, then delete every version and marker."""
+        if not self.request.dry_run:
+            with pg_connection(self.conns.postgres) as conn:
+                self.recheck_coverage(conn)
         scans = [scan_bucket(self.s3, b, self.request.user_id) for b in self.smap.buckets]
         out: dict[str, Any] = {}
         for scan in scans:
@@ -347,7 +366,9 @@ def deadline_report(smap: SubjectMap, ledger_conn_id: str, anchor: datetime) -> 
     """Open requests older than ``alert_after_days`` at ``anchor``, with their deadline."""
     with pg_connection(ledger_conn_id) as conn:
         ledger.ensure_ledger(conn, smap.ledger_table)
-        rows = ledger.open_requests(conn, smap.ledger_table)
+        intake = intake_table(smap.ledger_table)
+        has_intake = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (intake,)).fetchone()[0]
+        rows = ledger.open_requests(conn, smap.ledger_table, intake if has_intake else None)
     due = []
     for r in rows:
         age = anchor - r["requested_at"]
@@ -391,27 +412,45 @@ ERASE_STEPS = (
 
 
 def coverage_report(conns: Connections) -> dict[str, Any]:
-    """The coverage check against the live catalog: fails naming every unmapped user reference."""
-    from data_lifecycle.erasure.coverage import check_coverage
+    """The coverage check against the live catalog and the policy's archive destinations: fails
+    naming every unmapped user reference and every uncovered archive."""
+    from data_lifecycle.erasure.coverage import check_full_coverage
     from data_lifecycle.erasure.subject_map import load_subject_map
 
     with pg_connection(conns.postgres) as conn:
-        return check_coverage(conn, load_subject_map())
+        return check_full_coverage(conn, load_subject_map())
 
 
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
-    """The ``Run`` of a task of ``erase_user_data``, from its params."""
+    """The ``Run`` of a task of ``erase_user_data``: its params name a registered request, whose
+    sealed subject id is read from the intake table (and kept in memory only)."""
+    from data_lifecycle.erasure.intake import lookup
     from data_lifecycle.erasure.subject_map import load_subject_map
 
     smap = load_subject_map()
-    return Run(
-        smap,
-        conns,
-        subject_keys(smap),
-        Request.from_params(context["params"]),
-        dag_id=context["ti"].dag_id,
-        run_id=context["run_id"],
+    keys = subject_keys(smap)
+    params = context["params"]
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    if "user_id" in conf or "user_id" in params:
+        raise LifecycleConfigError(
+            "The trigger conf carries a user_id: the subject id must never be in dag_run.conf. Register "
+            "the request (python -m data_lifecycle.erasure.intake register) and trigger with its request_id"
+        )
+    request_id = params.get("request_id")
+    if not isinstance(request_id, str) or not re.match(REQUEST_ID_PATTERN, request_id):
+        raise LifecycleConfigError(f"request_id must match {REQUEST_ID_PATTERN}")
+    with pg_connection(conns.ledger) as conn:
+        registered = lookup(conn, intake_table(smap.ledger_table), keys, request_id)
+    request = Request.from_params(
+        {
+            "user_id": registered.user_id,
+            "request_id": request_id,
+            "requested_by": registered.requested_by,
+            "requested_at": registered.requested_at,
+            "dry_run": params.get("dry_run", True),
+        }
     )
+    return Run(smap, conns, keys, request, dag_id=context["ti"].dag_id, run_id=context["run_id"])
 
 
 def record_outcome(run: Run, results: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,8 +510,41 @@ def completed_erasures(smap: SubjectMap, conns: Connections, since: str | dateti
     with pg_connection(conns.ledger) as conn:
         ledger.ensure_ledger(conn, smap.ledger_table)
         entries = ledger.completed_since(conn, smap.ledger_table, when)
+        newest = ledger.newest_entry(conn, smap.ledger_table)
+    if newest is None or newest < when:
+        _refuse_rewound_ledger(smap, conns, when, newest)
     log.info("%d completed erasure(s) since %s to replay", len(entries), when.isoformat())
     return entries
+
+
+def _refuse_rewound_ledger(
+    smap: SubjectMap, conns: Connections, since: datetime, newest: datetime | None
+) -> None:
+    """The ledger knows nothing after ``since`` but the database holds newer accounts: the ledger
+    was most likely restored with the database, and a replay from it would miss exactly the
+    erasures the restore undid."""
+    column = smap.subject.created_column
+    if not column:
+        log.warning("The subject map has no created_column: cannot tell whether the ledger was rewound")
+        return
+    from psycopg import sql
+
+    schema, name = smap.subject.table.split(".", 1)
+    with pg_connection(conns.postgres) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), sql.Identifier(schema, name))
+        ).fetchone()
+    database_newest = row[0] if row else None
+    if database_newest is None or (newest is not None and database_newest <= newest):
+        return
+    seen = newest.isoformat() if newest else "none at all"
+    raise VerificationFailed(
+        f"The erasure ledger's newest entry ({seen}) is older than since={since.isoformat()}, while "
+        f"{smap.subject.table} holds rows created up to {database_newest.isoformat()}: the ledger looks "
+        "rewound with the database (does it live in the restored database?), so the erasures it lost "
+        "would not be replayed. Restore the ledger from its own, newer copy; if no erasure ran after "
+        f"{seen}, rerun with since at or before it."
+    )
 
 
 def replay_summary(

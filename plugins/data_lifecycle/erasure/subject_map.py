@@ -20,7 +20,6 @@ from typing import Any, cast
 
 from data_lifecycle.config_fields import (
     BUCKET_NAME,
-    IDENTIFIER,
     QUALIFIED_TABLE,
     ConfigFields,
     load_yaml_file,
@@ -32,6 +31,11 @@ DEFAULT_SUBJECT_MAP_FILE = (
 SUBJECT_MAP_FILE_ENV = "ERASURE_SUBJECT_MAP_FILE"
 
 CONN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
+# A reference column name, or a pattern of one with ``*`` for any characters (``*_user_id``).
+REFERENCE_PATTERN = re.compile(r"^[A-Za-z_*][A-Za-z0-9_*]{0,62}\Z")
+DEFAULT_REFERENCE_COLUMNS = ("user_id", "owner_id", "customer_id", "member_id", "account_id", "*_user_id")
+# The value of ``ledger_survives_restore`` that accepts a ledger in an erased database.
+ACKNOWLEDGED = "acknowledged"
 PLACEHOLDER = "user_id"
 # Characters allowed in a key prefix template around the placeholder.
 PREFIX_TEXT = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
@@ -40,6 +44,12 @@ PREFIX_TEXT = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
 class Action(StrEnum):
     DELETE = "delete"
     MASK = "mask"
+
+
+class ArchiveHandling(StrEnum):
+    """What happens to the subject columns of rows our DAGs archive (``archive:`` of a target)."""
+
+    PSEUDONYMISE = "pseudonymise"
 
 
 class MaskStrategy(StrEnum):
@@ -81,6 +91,7 @@ class TableTarget:
     action: Action = Action.DELETE
     via: tuple[Hop, ...] = ()
     mask: tuple[MaskColumn, ...] = ()
+    archive: ArchiveHandling | None = None
 
 
 @dataclass(frozen=True)
@@ -96,9 +107,13 @@ class BucketTarget:
 
 @dataclass(frozen=True)
 class Exemption:
-    table: str
-    column: str
+    """An ``ignore:`` entry: a reference column (table, column) or an archive destination
+    (``s3://bucket/prefix``) that the coverage check accepts as not erased, with the reason."""
+
+    table: str | None
+    column: str | None
     reason: str
+    archive: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,8 @@ class SubjectMap:
     ledger_conn_id: str | None
     ledger_table: str
     batch: BatchSettings
+    postgres_conn_id: str | None = None
+    ledger_survives_restore: str | None = None
 
     def target(self, name: str) -> TableTarget:
         for t in self.tables:
@@ -139,8 +156,12 @@ class SubjectMap:
     def covered_columns(self) -> frozenset[tuple[str, str]]:
         """``(schema.table, column)`` pairs the map erases or explicitly exempts."""
         pairs = {(t.table, t.column) for t in self.tables}
-        pairs |= {(e.table, e.column) for e in self.exempt}
+        pairs |= {(e.table, e.column) for e in self.exempt if e.table and e.column}
         return frozenset(pairs)
+
+    def ignored_archives(self) -> frozenset[str]:
+        """Archive destinations (``s3://bucket/prefix``) the map accepts as not erased."""
+        return frozenset(e.archive for e in self.exempt if e.archive)
 
 
 def _mask(f: _Fields) -> tuple[MaskColumn, ...]:
@@ -185,6 +206,15 @@ def _table_target(raw: Any, index: int, source: str) -> TableTarget:
         hops.append(Hop(table=hf.table("table"), key=hf.identifier("key"), column=hf.identifier("column")))
         hf.done()
     mask = _mask(f)
+    archive_raw = f.get("archive", str, None)
+    archive = None
+    if archive_raw is not None:
+        try:
+            archive = ArchiveHandling(archive_raw)
+        except ValueError:
+            f.fail("archive", f"must be {', '.join(a.value for a in ArchiveHandling)}, got {archive_raw!r}")
+        if hops:
+            f.fail("archive", "needs the subject id in the row itself; a target with 'via' cannot use it")
     if action is Action.MASK:
         if not mask:
             f.fail("mask", "is required when action is 'mask' (list the columns and their strategy)")
@@ -198,7 +228,9 @@ def _table_target(raw: Any, index: int, source: str) -> TableTarget:
     elif mask:
         f.fail("mask", "only applies when action is 'mask'")
     f.done()
-    return TableTarget(name=name, table=table, column=column, action=action, via=tuple(hops), mask=mask)
+    return TableTarget(
+        name=name, table=table, column=column, action=action, via=tuple(hops), mask=mask, archive=archive
+    )
 
 
 def _prefix_template(value: Any, f: _Fields, key: str) -> str:
@@ -241,10 +273,15 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
     if version != 1:
         top.fail("version", f"only version 1 is supported, got {version}")
     sf = _Fields(top.get("subject", dict), "subject", source)
-    refs = sf.get("reference_columns", list, ["user_id"])
+    refs = sf.get("reference_columns", list, list(DEFAULT_REFERENCE_COLUMNS))
+    if not refs:
+        sf.fail("reference_columns", "must list at least one column name or pattern")
     for r in refs:
-        if not isinstance(r, str) or not IDENTIFIER.match(r):
-            sf.fail("reference_columns", f"must list plain column names, got {r!r}")
+        if not isinstance(r, str) or not REFERENCE_PATTERN.match(r) or set(r) == {"*"}:
+            sf.fail(
+                "reference_columns",
+                f"must list column names or patterns with '*' (such as '*_user_id'), got {r!r}",
+            )
     subject = Subject(
         table=sf.table("table"),
         key=sf.identifier("key"),
@@ -255,7 +292,15 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
     cf = _Fields(top.get("connections", dict, {}), "connections", source)
     hmac_conn_id = cf.matching("hmac", CONN_ID, "a connection id", "erasure_hmac")
     ledger_conn_id = cf.matching("ledger", CONN_ID, "a connection id", None)
+    postgres_conn_id = cf.matching("postgres", CONN_ID, "a connection id", None)
     cf.done()
+    survives = top.get("ledger_survives_restore", str, None)
+    if survives is not None and survives != ACKNOWLEDGED:
+        top.fail(
+            "ledger_survives_restore",
+            f"the only value is '{ACKNOWLEDGED}' (the ledger shares an erased database and you accept "
+            f"that a restore rewinds it), got {survives!r}",
+        )
     bf = _Fields(top.get("batch", dict, {}), "batch", source)
     d = BatchSettings()
     batch = BatchSettings(
@@ -266,13 +311,7 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
     bf.done()
     tables = tuple(_table_target(t, i, source) for i, t in enumerate(top.get("tables", list)))
     buckets = tuple(_bucket_target(b, i, source) for i, b in enumerate(top.get("buckets", list, [])))
-    exempt = []
-    for i, item in enumerate(top.get("exempt", list, [])):
-        ef = _Fields(item, f"exempt[{i}]", source)
-        exempt.append(
-            Exemption(table=ef.table("table"), column=ef.identifier("column"), reason=ef.get("reason", str))
-        )
-        ef.done()
+    exempt = _ignore_list(top)
     deadline_days = top.positive_int("deadline_days", 30)
     alert_after_days = top.positive_int("alert_after_days", max(1, deadline_days - 5))
     if alert_after_days > deadline_days:
@@ -287,6 +326,8 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
         alert_after_days=alert_after_days,
         hmac_conn_id=hmac_conn_id,
         ledger_conn_id=ledger_conn_id,
+        postgres_conn_id=postgres_conn_id,
+        ledger_survives_restore=survives,
         ledger_table=top.matching(
             "ledger_table", QUALIFIED_TABLE, "a plain 'schema.table' name", "app.erasure_ledger"
         ),
@@ -295,6 +336,28 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
     top.done()
     _check_targets(smap, top)
     return smap
+
+
+def _ignore_list(top: _Fields) -> list[Exemption]:
+    """``ignore:`` (or its older name ``exempt:``): every entry names what it ignores and why."""
+    if "ignore" in top.raw and "exempt" in top.raw:
+        top.fail("exempt", "is the older name of 'ignore'; use only 'ignore'")
+    key = "exempt" if "exempt" in top.raw else "ignore"
+    out = []
+    for i, item in enumerate(top.get(key, list, [])):
+        ef = _Fields(item, f"{key}[{i}]", top.source)
+        reason = ef.get("reason", str)
+        if len(reason.strip()) < 10:
+            ef.fail("reason", "must say why this is not erased (at least a short sentence)")
+        if "archive" in ef.raw:
+            archive = ef.get("archive", str)
+            if not archive.startswith("s3://"):
+                ef.fail("archive", f"must be an archive destination 's3://bucket/prefix', got {archive!r}")
+            out.append(Exemption(table=None, column=None, reason=reason, archive=archive))
+        else:
+            out.append(Exemption(table=ef.table("table"), column=ef.identifier("column"), reason=reason))
+        ef.done()
+    return out
 
 
 def _check_targets(smap: SubjectMap, top: _Fields) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ class BatchSettings(Protocol):
     max_lock_retries: int
     max_runtime: timedelta | float | None
     max_rows: int | None
+    archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
 
     @property
     def statement_timeout_seconds(self) -> float: ...
@@ -86,7 +88,7 @@ class BatchRunner:
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             client = S3Hook(aws_conn_id=plan.archive.aws_conn_id).get_conn()
-            self.writer = S3ArchiveWriter(client, plan.archive.bucket)
+            self.writer = S3ArchiveWriter(client, plan.archive.bucket, op.archive_row_transform)
 
     def run(self) -> dict[str, Any]:
         from psycopg.errors import LockNotAvailable

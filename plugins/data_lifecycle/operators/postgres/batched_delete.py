@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -88,6 +88,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     :param discover_children: add every table whose single-column foreign key references this one.
     :param archive: ``{"bucket": ..., "prefix": ..., "aws_conn_id": "lifecycle_aws"}`` to archive rows
         to S3 before deleting them.
+    :param archive_row_transform: applied to each row before it is archived, e.g. the erasure map's
+        pseudonymisation of subject columns.
     :param audit_table: ``"schema.table"`` with the ``app.cleanup_audit`` columns.
     :param batch_size: rows in the first batch (kept within the min and max sizes).
     :param min_batch_size: the smallest batch.
@@ -122,6 +124,7 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         children: list[dict[str, str]] | None = None,
         discover_children: bool = False,
         archive: dict[str, str] | None = None,
+        archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
         audit_table: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_batch_size: int = DEFAULT_MIN_BATCH_SIZE,
@@ -149,6 +152,7 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         self.children = children
         self.discover_children = discover_children
         self.archive = archive
+        self.archive_row_transform = archive_row_transform
         self.audit_table = audit_table
         self.batch_size = batch_size
         self.min_batch_size = min_batch_size

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -79,6 +79,8 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
     :param guard_column: the timestamp column checked before removal; defaults to the partition key.
     :param lock_timeout: lock timeout for detach and drop (seconds or timedelta).
     :param archive_chunk_rows: rows per S3 object in mode ``s3``.
+    :param archive_row_transform: applied to each row before it is archived (mode ``s3``), e.g. the
+        erasure map's pseudonymisation of subject columns.
     :param dry_run: list what would be detached, change nothing. (templated)
     """
 
@@ -98,6 +100,7 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         guard_column: str | None = None,
         lock_timeout: timedelta | float = DEFAULT_DDL_LOCK_TIMEOUT_SECONDS,
         archive_chunk_rows: int = DEFAULT_ARCHIVE_CHUNK_ROWS,
+        archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
@@ -120,6 +123,7 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         self.guard_column = guard_column
         self.lock_timeout = lock_timeout
         self.archive_chunk_rows = archive_chunk_rows
+        self.archive_row_transform = archive_row_transform
         # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         pg_catalog.parse_table_name(table)
@@ -329,7 +333,9 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         from psycopg.rows import dict_row
 
         config = ArchiveConfig.from_value(self.archive or {})
-        writer = S3ArchiveWriter(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config.bucket)
+        writer = S3ArchiveWriter(
+            S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config.bucket, self.archive_row_transform
+        )
         try:
             order = [k.ident for k in pg_catalog.key_columns(conn, table)]
         except LifecycleConfigError:
