@@ -14,6 +14,7 @@ from data_lifecycle.archive import (
 )
 from data_lifecycle.exceptions import (
     LockTimeoutExhausted,
+    ResidueLeft,
     VerificationFailed,
 )
 from data_lifecycle.operators.postgres.base import (
@@ -31,6 +32,12 @@ MIN_BATCH_SHRINK = 0.5
 LOCK_RETRY_BACKOFF_SECONDS = 0.05
 # The summary lists at most this many archive keys (all are logged).
 MAX_SUMMARY_FILES = 200
+# The due rows left after a run are counted up to this many ("at least N" above it): an exact
+# count of a large backlog on a big table could outlast the statement timeout.
+REMAINING_COUNT_LIMIT = 10_000
+# Passes over the key range: a row can become due behind the keyset cursor while a run is going
+# (a session row extended, then expired again); a second pass from the start picks it up.
+MAX_PASSES = 2
 
 
 class BatchSettings(Protocol):
@@ -89,7 +96,7 @@ class BatchRunner:
             self.writer = S3ArchiveWriter(client, plan.archive.bucket)
 
     def run(self) -> dict[str, Any]:
-        from psycopg.errors import LockNotAvailable
+        from psycopg.errors import DeadlockDetected, LockNotAvailable
 
         op, plan = self.op, self.plan
         started = self.started  # the runtime budget counts from the start of execute
@@ -99,6 +106,7 @@ class BatchRunner:
         children = {c.table.qualified: 0 for c in plan.children}
         files: list[str] = []
         stopped_by: str | None = None
+        passes = 1
         while True:
             elapsed = time.monotonic() - started
             if self.max_runtime is not None and elapsed >= self.max_runtime:
@@ -113,18 +121,23 @@ class BatchRunner:
             batch_started = time.monotonic()
             try:
                 result = self._one_batch(limit, last_key)
-            except LockNotAvailable:
+            except (LockNotAvailable, DeadlockDetected) as exc:
+                # A deadlock (another cleanup or an erasure touching the same rows) rolled this
+                # batch back like a lock timeout does: retry it, smaller.
+                reason = "Deadlock" if isinstance(exc, DeadlockDetected) else "Lock timeout"
                 lock_failures += 1
                 size = max(op.min_batch_size, int(size * MIN_BATCH_SHRINK))
                 if lock_failures > op.max_lock_retries:
                     raise LockTimeoutExhausted(
                         f"{plan.table.qualified}: {lock_failures} batches in a row waited longer than"
-                        f" lock_timeout={self.lock_timeout}s for rows or tables locked by other sessions;"
+                        f" lock_timeout={self.lock_timeout}s for rows or tables locked by other sessions"
+                        " (or deadlocked with them);"
                         f" stopped after deleting {deleted} rows in {batches} batches (committed; the next"
                         " run resumes)."
                     ) from None
                 self.log.warning(
-                    "Lock timeout on %s (attempt %d of %d); retrying with batch size %d",
+                    "%s on %s (attempt %d of %d); retrying with batch size %d",
+                    reason,
                     plan.table.qualified,
                     lock_failures,
                     op.max_lock_retries,
@@ -134,6 +147,13 @@ class BatchRunner:
                 continue
             lock_failures = 0
             if result is None:
+                if passes < MAX_PASSES and self._any_due():
+                    passes += 1
+                    last_key = None
+                    self.log.info(
+                        "%s: due rows appeared behind the cursor; one more pass", plan.table.qualified
+                    )
+                    continue
                 break
             count, child_counts, key_range, archived = result
             batches += 1
@@ -153,9 +173,16 @@ class BatchRunner:
             self._log_progress(batches, count, deleted, started, took)
             if op.sleep_between_batches:
                 time.sleep(op.sleep_between_batches)
-        remaining = self._remaining()
+        remaining, remaining_exact = self._remaining()
         if stopped_by is not None and remaining == 0:
             stopped_by = None
+        if stopped_by is None and remaining:
+            # A green run never leaves due rows behind without saying why.
+            raise ResidueLeft(
+                f"{plan.table.qualified}: {remaining}{'' if remaining_exact else '+'} due rows are still there"
+                f" after deleting {deleted} rows in {batches} batches and {passes} passes (rows made due"
+                " behind the cursor, or keys the batches cannot reach); the next run retries them."
+            )
         if stopped_by:
             self.log.warning(
                 "%s: stopped by %s after %d rows; %d due rows remain for the next run",
@@ -171,6 +198,7 @@ class BatchRunner:
             "deleted": deleted,
             "batches": batches,
             "remaining": remaining,
+            "remaining_exact": remaining_exact,
             "seconds": round(time.monotonic() - started, 3),
             "children": children,
             "archived_files": files[:MAX_SUMMARY_FILES],
@@ -311,24 +339,40 @@ class BatchRunner:
         )
         return archived
 
-    def _remaining(self) -> int:
+    def _remaining(self) -> tuple[int, bool]:
+        """Due rows left, counted up to REMAINING_COUNT_LIMIT, and whether the figure is exact."""
         from psycopg import sql
 
         with self.conn.transaction():
             set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
             row = self.conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.plan.table.ident, self.plan.where),
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) AS due").format(
+                    self.plan.table.ident, self.plan.where, sql.Literal(REMAINING_COUNT_LIMIT + 1)
+                ),
                 self.plan.params,
             ).fetchone()
-        return int(row[0])
+        count = int(row[0])
+        return min(count, REMAINING_COUNT_LIMIT), count <= REMAINING_COUNT_LIMIT
+
+    def _any_due(self) -> bool:
+        """Whether any due row is left (``LIMIT 1``: stops at the first one)."""
+        from psycopg import sql
+
+        with self.conn.transaction():
+            set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
+            row = self.conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 1").format(self.plan.table.ident, self.plan.where),
+                self.plan.params,
+            ).fetchone()
+        return row is not None
 
     def _log_progress(self, batches: int, count: int, deleted: int, started: float, took: float) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = deleted / elapsed
         left = max(self.due - deleted, 0)
-        eta = left / rate if rate else float("nan")
+        eta = f"{left / rate:.0f}s" if rate > 0 else "unknown"
         self.log.info(
-            "Batch %d: %d rows in %.2fs; %d deleted, %.0f rows/s, ~%d left, ETA %.0fs",
+            "Batch %d: %d rows in %.2fs; %d deleted, %.0f rows/s, ~%d left, ETA %s",
             batches,
             count,
             took,

@@ -513,8 +513,8 @@ def _overlaps(part: Partition, lower: datetime, upper: datetime) -> bool:
 
 def _bound_literal(value: datetime, key: Column) -> str:
     """A partition bound literal in the key column's own type (UTC for timestamptz)."""
-    if key.type_name == "date":
+    if key.type_oid == pg_catalog.DATE_OID:
         return value.date().isoformat()
-    if key.type_name == "timestamp without time zone":
+    if key.type_oid == pg_catalog.TIMESTAMP_OID:
         return value.replace(tzinfo=None).isoformat(sep=" ")
     return value.isoformat(sep=" ")

@@ -1,0 +1,174 @@
+"""The PostgreSQL operators on tables unlike the demo schema: locks, nullable keys, deadlocks, typmods,
+naive timestamps, non-monthly partitions, DEFAULT partitions (against the real local PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from data_lifecycle.exceptions import LifecycleConfigError, ResidueLeft
+from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator, PostgresVacuumAnalyzeOperator
+from tests.operators.test_postgres import (
+    CUTOFF,
+    RETENTION_DAYS,
+    add_logs,
+    connect,
+    interval_context,
+    scalar,
+)
+from tests.reliability.harness import postgres_conn_json
+from tests.reliability.test_least_privilege import LOGIN, ROLE_SQL
+
+
+class TestLocksAndPermissions:
+    def test_vacuum_skips_a_table_locked_by_another_session(
+        self, pg: psycopg.Connection[Any], pg_database: str
+    ) -> None:
+        add_logs(pg, 50, CUTOFF, timedelta(minutes=1))
+        holder = connect(pg_database)
+        holder.execute("LOCK TABLE app.app_logs IN ACCESS EXCLUSIVE MODE")
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            result["summary"] = PostgresVacuumAnalyzeOperator(
+                task_id="vacuum", tables=["app.app_logs", "app.sessions"], lock_timeout=0.3
+            ).execute(interval_context())
+
+        worker = threading.Thread(target=run, daemon=True)
+        started = time.monotonic()
+        worker.start()
+        worker.join(timeout=15)
+        elapsed = time.monotonic() - started
+        holder.rollback()
+        holder.close()
+        worker.join(timeout=30)
+        assert elapsed < 5, f"vacuum waited {elapsed:.1f}s behind the lock"
+        summary = result["summary"]
+        assert summary["skipped_locked"] == ["app.app_logs"]
+        assert summary["vacuumed"] == 1  # app.sessions
+        assert summary["skipped_permission_denied"] == []
+
+    def test_vacuum_reports_a_table_it_may_not_vacuum_as_permission_denied(
+        self, pg: psycopg.Connection[Any], pg_database: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        if pg.info.server_version >= 160_000:
+            pytest.skip("the cleanup role holds MAINTAIN on PostgreSQL 16+")
+        pg.execute(ROLE_SQL.read_text())  # type: ignore[arg-type]
+        monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", postgres_conn_json(pg_database, LOGIN))
+        summary = PostgresVacuumAnalyzeOperator(task_id="vacuum", tables=["app.app_logs"]).execute(
+            interval_context()
+        )
+        assert summary["skipped_permission_denied"] == ["app.app_logs"]
+        assert summary["skipped_locked"] == []
+        assert summary["vacuumed"] == 0
+
+    def test_deadlock_is_retried_with_a_smaller_batch(
+        self, pg: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        add_logs(pg, 100, CUTOFF - timedelta(hours=50), timedelta(hours=1))  # 50 due
+        # The server reports a deadlock on the first delete (a sequence survives the rollback).
+        pg.execute("CREATE SEQUENCE app.deadlock_once")
+        pg.execute(
+            """
+            CREATE FUNCTION app.deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF nextval('app.deadlock_once') = 1 THEN
+                    RAISE EXCEPTION 'deadlock detected (simulated)' USING ERRCODE = 'deadlock_detected';
+                END IF;
+                RETURN OLD;
+            END $$
+            """
+        )
+        pg.execute(
+            "CREATE TRIGGER deadlock_once BEFORE DELETE ON app.app_logs"
+            " FOR EACH ROW EXECUTE FUNCTION app.deadlock_once()"
+        )
+        summary = PostgresBatchedDeleteOperator(
+            task_id="logs",
+            table="app.app_logs",
+            timestamp_column="created_at",
+            retention_days=RETENTION_DAYS,
+            batch_size=20,
+            min_batch_size=5,
+        ).execute(interval_context())
+        assert summary["deleted"] == 50 and summary["remaining"] == 0
+        log = capsys.readouterr().out
+        assert "Deadlock on app.app_logs (attempt 1 of 5); retrying with batch size 10" in log
+
+    def test_rows_left_behind_fail_the_run_and_eta_is_never_nan(
+        self, pg: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        add_logs(pg, 100, CUTOFF - timedelta(hours=50), timedelta(hours=1))  # 50 due
+        # A trigger silently keeps the first ten rows (as a rule or a policy might): the first
+        # batch deletes 0 rows and those rows can never go.
+        pg.execute(
+            """
+            CREATE FUNCTION app.keep_first_ten() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF OLD.id <= 10 THEN RETURN NULL; END IF;
+                RETURN OLD;
+            END $$
+            """
+        )
+        pg.execute(
+            "CREATE TRIGGER keep_first_ten BEFORE DELETE ON app.app_logs"
+            " FOR EACH ROW EXECUTE FUNCTION app.keep_first_ten()"
+        )
+        with pytest.raises(ResidueLeft, match="10 due rows are still there"):
+            PostgresBatchedDeleteOperator(
+                task_id="logs",
+                table="app.app_logs",
+                timestamp_column="created_at",
+                retention_days=RETENTION_DAYS,
+                batch_size=10,
+                min_batch_size=5,
+            ).execute(interval_context())
+        assert scalar(pg, "SELECT count(*) FROM app.app_logs WHERE created_at < %s", (CUTOFF,)) == 10
+        log = capsys.readouterr().out
+        assert "Batch 1: 0 rows" in log
+        assert "ETA nan" not in log
+
+
+class TestKeysAndResidue:
+    def _nullable_key_table(self, pg: psycopg.Connection[Any]) -> None:
+        pg.execute("CREATE TABLE app.events (ref text, at timestamptz NOT NULL)")
+        pg.execute("CREATE UNIQUE INDEX events_ref ON app.events (ref)")
+        pg.execute(
+            "INSERT INTO app.events SELECT CASE WHEN g <= 20 THEN NULL ELSE 'r' || g END, %s"
+            " FROM generate_series(1, 520) g",
+            (CUTOFF - timedelta(days=1),),
+        )
+
+    def test_nullable_key_columns_are_refused_before_any_delete(self, pg: psycopg.Connection[Any]) -> None:
+        self._nullable_key_table(pg)
+        with pytest.raises(LifecycleConfigError, match="may be NULL"):
+            PostgresBatchedDeleteOperator(
+                task_id="events",
+                table="app.events",
+                timestamp_column="at",
+                retention_days=RETENTION_DAYS,
+                key_columns=["ref"],
+                allow_large_delete=True,
+            ).execute(interval_context())
+        assert scalar(pg, "SELECT count(*) FROM app.events") == 520
+
+    def test_not_null_unique_key_deletes_every_due_row(self, pg: psycopg.Connection[Any]) -> None:
+        self._nullable_key_table(pg)
+        pg.execute("UPDATE app.events SET ref = 'null' || ctid::text WHERE ref IS NULL")
+        pg.execute("ALTER TABLE app.events ALTER COLUMN ref SET NOT NULL")
+        summary = PostgresBatchedDeleteOperator(
+            task_id="events",
+            table="app.events",
+            timestamp_column="at",
+            retention_days=RETENTION_DAYS,
+            key_columns=["ref"],
+            batch_size=100,
+            allow_large_delete=True,
+        ).execute(interval_context())
+        assert summary["deleted"] == 520 and summary["remaining"] == 0 and summary["remaining_exact"]
+        assert scalar(pg, "SELECT count(*) FROM app.events") == 0
