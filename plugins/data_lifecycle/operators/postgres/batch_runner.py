@@ -7,16 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from data_lifecycle import pg_catalog
 from data_lifecycle.archive import (
     ArchiveConfig,
     S3ArchiveWriter,
-    batch_key,
 )
 from data_lifecycle.exceptions import (
     LockTimeoutExhausted,
     ResidueLeft,
     VerificationFailed,
 )
+from data_lifecycle.operators.postgres.archive_batch import archive_batch, next_limit
 from data_lifecycle.operators.postgres.base import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     as_pg_ms,
@@ -89,7 +90,9 @@ class BatchRunner:
         self.statement_timeout = op.statement_timeout_seconds
         self.max_runtime = as_seconds(op.max_runtime, field="max_runtime", allow_none=True)
         self.writer: S3ArchiveWriter | None = None
+        self.columns: list[Column] = []
         if plan.archive is not None:
+            self.columns = list(pg_catalog.columns(conn, plan.table).values())
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             client = S3Hook(aws_conn_id=plan.archive.aws_conn_id).get_conn()
@@ -107,6 +110,7 @@ class BatchRunner:
         files: list[str] = []
         stopped_by: str | None = None
         passes = 1
+        replaced = 0
         while True:
             elapsed = time.monotonic() - started
             if self.max_runtime is not None and elapsed >= self.max_runtime:
@@ -162,10 +166,16 @@ class BatchRunner:
             for name, n in child_counts.items():
                 children[name] += n
             if archived is not None:
-                archived_rows += archived.rows
-                files.append(archived.key)
+                archived_rows += archived.archived.rows
+                files.append(archived.archived.key)
+                replaced += len(archived.replaced)
             took = time.monotonic() - batch_started
-            if self.writer is None:
+            if archived is not None:
+                assert plan.archive is not None
+                size = next_limit(
+                    archived, plan.archive.min_object_bytes, low=op.min_batch_size, high=op.max_batch_size
+                )
+            else:
                 factor = min(
                     MAX_BATCH_GROWTH, max(MIN_BATCH_SHRINK, op.target_batch_seconds / max(took, 1e-3))
                 )
@@ -204,6 +214,7 @@ class BatchRunner:
             "archived_files": files[:MAX_SUMMARY_FILES],
             "archived_files_total": len(files),
             "archived_rows": archived_rows,
+            "archive_objects_replaced": replaced,
             "dry_run": False,
             "stopped_by": stopped_by,
         }
@@ -228,13 +239,28 @@ class BatchRunner:
                     sql.SQL("{}::{}").format(sql.Placeholder(f"lc_last_{i}"), sql.SQL(column.regtype))
                 )
             where = sql.SQL("{} AND ({}) > ({})").format(where, key_list, sql.SQL(", ").join(placeholders))
-        if self.writer is None and not plan.children:
-            return self._range_batch(limit, where, params, key_list)
         if self.writer is not None:
-            select_list: Any = sql.SQL("*")
-        else:
-            wanted = list(dict.fromkeys(key_names + [c.parent_column for c in plan.children]))
-            select_list = sql.SQL(", ").join(sql.Identifier(n) for n in wanted)
+            with self.conn.transaction():
+                set_config(self.conn, "lock_timeout", as_pg_ms(self.lock_timeout))
+                set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
+                batch = archive_batch(
+                    self.conn, plan, self.writer, self.columns, limit=limit, last_key=last_key
+                )
+            if batch is None:
+                return None
+            self.log.info(
+                "Archived %d rows to s3://%s/%s (%d bytes, verified)%s",
+                batch.archived.rows,
+                batch.archived.bucket,
+                batch.archived.key,
+                batch.archived.size,
+                f"; replaced an earlier upload of this batch: {batch.replaced}" if batch.replaced else "",
+            )
+            return batch.count, {}, (batch.first, batch.last), batch
+        if not plan.children:
+            return self._range_batch(limit, where, params, key_list)
+        wanted = list(dict.fromkeys(key_names + [c.parent_column for c in plan.children]))
+        select_list = sql.SQL(", ").join(sql.Identifier(n) for n in wanted)
         select = sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {k} LIMIT {n} FOR UPDATE").format(
             cols=select_list, t=plan.table.ident, w=where, k=key_list, n=sql.Literal(limit)
         )
@@ -246,18 +272,6 @@ class BatchRunner:
             if not rows:
                 return None
             keys = [tuple(row[n] for n in key_names) for row in rows]
-            archived = None
-            if self.writer is not None:
-                assert plan.archive is not None
-                key = batch_key(
-                    plan.archive.prefix,
-                    schema=plan.table.schema,
-                    table=plan.table.name,
-                    cutoff=plan.cutoff,
-                    first=keys[0],
-                    last=keys[-1],
-                )
-                archived = self._archive(key, rows)
             child_counts: dict[str, int] = {}
             for child in plan.children:
                 values = list(
@@ -291,7 +305,7 @@ class BatchRunner:
                     f"{plan.table.qualified}: locked {len(keys)} rows but the delete matched {cur.rowcount};"
                     " the batch was rolled back"
                 )
-        return len(keys), child_counts, (keys[0], keys[-1]), archived
+        return len(keys), child_counts, (keys[0], keys[-1]), None
 
     def _range_batch(
         self, limit: int, where: Any, params: dict[str, Any], key_list: Any
@@ -330,14 +344,6 @@ class BatchRunner:
                 bounds,
             )
         return cur.rowcount, {}, (upper_key, upper_key), None
-
-    def _archive(self, key: str, rows: list[dict[str, Any]]) -> Any:
-        assert self.writer is not None
-        archived = self.writer.write(key, rows)
-        self.log.info(
-            "Archived %d rows to s3://%s/%s (verified)", archived.rows, archived.bucket, archived.key
-        )
-        return archived
 
     def _remaining(self) -> tuple[int, bool]:
         """Due rows left, counted up to REMAINING_COUNT_LIMIT, and whether the figure is exact."""

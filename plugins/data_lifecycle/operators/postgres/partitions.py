@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from data_lifecycle import pg_catalog
 from data_lifecycle.archive import (
     ArchiveConfig,
+    ArchiveEncoder,
     S3ArchiveWriter,
     partition_key,
 )
@@ -326,7 +327,6 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
     ) -> None:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from psycopg import sql
-        from psycopg.rows import dict_row
 
         config = ArchiveConfig.from_value(self.archive or {})
         writer = S3ArchiveWriter(S3Hook(aws_conn_id=config.aws_conn_id).get_conn(), config.bucket)
@@ -334,18 +334,31 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
             order = [k.ident for k in pg_catalog.key_columns(conn, table)]
         except LifecycleConfigError:
             order = [sql.Identifier(name) for name in pg_catalog.columns(conn, table)]
+        columns = list(pg_catalog.columns(conn, table).values())
         chunk = int(self.archive_chunk_rows)
         part_no = 0
-        with conn.transaction(), conn.cursor(name=f"lc_archive_{table.oid}", row_factory=dict_row) as cur:
+        # Rows as their text form (the typed archive format); restore_archive loads them back exactly.
+        with conn.transaction(), conn.cursor(name=f"lc_archive_{table.oid}") as cur:
             cur.execute(
-                sql.SQL("SELECT * FROM {} ORDER BY {}").format(table.ident, sql.SQL(", ").join(order))
+                sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                    # Aliased: a bare key name in ORDER BY would otherwise sort by the text column.
+                    sql.SQL(", ").join(
+                        sql.SQL("{}::text AS {}").format(c.ident, sql.Identifier(f"lc_{i}"))
+                        for i, c in enumerate(columns)
+                    ),
+                    table.ident,
+                    sql.SQL(", ").join(order),
+                )
             )
             while True:
                 rows = cur.fetchmany(chunk)
                 if not rows and part_no > 0:
                     break
+                encoder = ArchiveEncoder(parent.qualified, [(c.name, c.type_name) for c in columns])
+                for row in rows:
+                    encoder.add(row)
                 key = partition_key(config.prefix, parent.schema, parent.name, table.name, part_no)
-                archived = writer.write(key, rows)
+                archived = writer.write(key, encoder)
                 summary["archived_files"].append(archived.key)
                 summary["archived_rows"] += archived.rows
                 self.log.info(
