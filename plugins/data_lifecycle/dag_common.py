@@ -224,6 +224,8 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "max_rows": rule.max_rows,
         "max_delete_fraction": rule.max_delete_fraction,
         "allow_large_delete": rule.allow_large_delete,
+        "timezone": rule.timezone,
+        "naive_is_utc": rule.naive_is_utc,
         "dry_run": "{{ params.dry_run }}",
         "outlets": [
             table_asset(policy.postgres_conn_id, t) for t in (*(c.table for c in rule.children), rule.table)
@@ -237,6 +239,7 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
             "bucket": rule.archive.bucket,
             "prefix": rule.archive.prefix,
             "aws_conn_id": policy.aws_conn_id,
+            "min_object_bytes": rule.archive.min_object_bytes,
         }
     return destructive(**kwargs)
 

@@ -172,3 +172,50 @@ class TestKeysAndResidue:
         ).execute(interval_context())
         assert summary["deleted"] == 520 and summary["remaining"] == 0 and summary["remaining_exact"]
         assert scalar(pg, "SELECT count(*) FROM app.events") == 0
+
+
+class TestTimestampTypes:
+    def _events(self, pg: psycopg.Connection[Any], column_type: str) -> None:
+        pg.execute(f"CREATE TABLE app.events (id bigint PRIMARY KEY, at {column_type} NOT NULL)")
+
+    def _run(self, **kwargs: Any) -> dict[str, Any]:
+        return PostgresBatchedDeleteOperator(
+            task_id="events",
+            table="app.events",
+            timestamp_column="at",
+            retention_days=RETENTION_DAYS,
+            allow_large_delete=True,
+            **kwargs,
+        ).execute(interval_context())
+
+    def test_timestamptz_with_a_precision_is_accepted(self, pg: psycopg.Connection[Any]) -> None:
+        self._events(pg, "timestamp(3) with time zone")
+        pg.execute("INSERT INTO app.events VALUES (1, %s), (2, %s)", (CUTOFF - timedelta(seconds=1), CUTOFF))
+        assert self._run()["deleted"] == 1
+        assert scalar(pg, "SELECT id FROM app.events") == 2
+
+    def test_naive_timestamps_are_refused_without_a_declared_zone(self, pg: psycopg.Connection[Any]) -> None:
+        self._events(pg, "timestamp without time zone")
+        pg.execute("INSERT INTO app.events VALUES (1, '2020-01-01')")
+        with pytest.raises(LifecycleConfigError, match="naive_is_utc"):
+            self._run()
+        assert scalar(pg, "SELECT count(*) FROM app.events") == 1
+
+    def test_naive_timestamps_are_compared_in_the_declared_zone(self, pg: psycopg.Connection[Any]) -> None:
+        # CUTOFF is 2027-01-30 05:00 UTC = 06:00 in Berlin (CET, UTC+1).
+        self._events(pg, "timestamp(0) without time zone")
+        pg.execute(
+            "INSERT INTO app.events VALUES (1, '2027-01-30 05:30'), (2, '2027-01-30 05:59:59'),"
+            " (3, '2027-01-30 06:00'), (4, '2027-01-30 04:59')"
+        )
+        assert self._run(timezone="Europe/Berlin")["deleted"] == 3
+        assert scalar(pg, "SELECT array_agg(id) FROM app.events") == [3]
+
+    def test_naive_is_utc(self, pg: psycopg.Connection[Any]) -> None:
+        self._events(pg, "timestamp without time zone")
+        pg.execute("INSERT INTO app.events VALUES (1, '2027-01-30 04:59'), (2, '2027-01-30 05:00')")
+        assert self._run(naive_is_utc=True)["deleted"] == 1
+
+    def test_unknown_zone_is_refused(self) -> None:
+        with pytest.raises(LifecycleConfigError, match="IANA"):
+            self._run(timezone="Mars/Olympus")

@@ -50,6 +50,19 @@ RESERVED_PARAM_PREFIX = "lc_"
 _FORBIDDEN_PREDICATE = re.compile(r";|--|/\*")
 
 
+def check_timezone(zone: Any) -> str:
+    """An IANA zone name (``Europe/Berlin``), else LifecycleConfigError."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(zone)
+    except (ValueError, TypeError, OSError, KeyError):
+        raise LifecycleConfigError(
+            f"timezone={zone!r} is not an IANA time zone such as 'Europe/Berlin'"
+        ) from None
+    return str(zone)
+
+
 class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     """Delete rows older than a cutoff in short keyset batches, children first, optionally archiving to S3.
 
@@ -75,7 +88,11 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     deleted nothing, so the ledger shows that the rerun ran.
 
     :param table: ``"schema.table"`` (schema defaults to ``public``); a table or partitioned table.
-    :param timestamp_column: the column compared with the cutoff (timestamp, timestamptz or date).
+    :param timestamp_column: the column compared with the cutoff (timestamptz of any precision, date, or
+        timestamp without time zone with ``timezone`` or ``naive_is_utc``).
+    :param timezone: the zone a ``timestamp without time zone`` column's values are in
+        (``"Europe/Berlin"``); the cutoff is compared in that zone.
+    :param naive_is_utc: a ``timestamp without time zone`` column holds UTC (instead of ``timezone``).
     :param retention_days: days to keep, at least one. (templated)
     :param postgres_conn_id: the Airflow connection to PostgreSQL.
     :param extra_predicate: an SQL boolean fragment ANDed to the timestamp predicate, with named
@@ -116,6 +133,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         timestamp_column: str,
         retention_days: int | str,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
+        timezone: str | None = None,
+        naive_is_utc: bool = False,
         extra_predicate: str | None = None,
         extra_params: dict[str, Any] | None = None,
         key_columns: list[str] | None = None,
@@ -142,6 +161,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.table = table
         self.timestamp_column = timestamp_column
+        self.timezone = timezone
+        self.naive_is_utc = naive_is_utc
         self.retention_days = retention_days
         self.extra_predicate = extra_predicate
         self.extra_params = extra_params
@@ -216,6 +237,10 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                 f"{self.table}: a rule needs a timestamp_column; refusing a delete without a time predicate"
             )
         pg_catalog.check_identifier(self.timestamp_column, field="timestamp_column")
+        if self.timezone is not None:
+            check_timezone(self.timezone)
+            if self.naive_is_utc:
+                raise LifecycleConfigError(f"{self.table}: give timezone or naive_is_utc, not both")
         if self.audit_table is not None:
             pg_catalog.parse_table_name(self.audit_table, field="audit_table")
         if self.extra_predicate is not None:
@@ -293,7 +318,21 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                 "summary",
             ):
                 pg_catalog.require_column(conn, audit, col, field=f"audit_table column {col}")
-        where = sql.SQL("{} < %(lc_cutoff)s").format(ts.ident)
+        if ts.is_naive_timestamp:
+            zone = self.timezone or ("UTC" if self.naive_is_utc else None)
+            if zone is None:
+                raise LifecycleConfigError(
+                    f"timestamp_column={ts.name!r}: {table.qualified}.{ts.name} is {ts.type_name}, a time"
+                    " without a zone; declare the zone its values are in (timezone: Europe/Berlin) or"
+                    " naive_is_utc: true"
+                )
+            # The cutoff as a wall-clock time in the column's zone: the index on the column is used.
+            where = sql.SQL("{} < (%(lc_cutoff)s::timestamptz AT TIME ZONE %(lc_zone)s::text)").format(
+                ts.ident
+            )
+            extra_params = {**extra_params, "lc_zone": zone}
+        else:
+            where = sql.SQL("{} < %(lc_cutoff)s").format(ts.ident)
         if self.extra_predicate:
             where = sql.SQL("{} AND ({})").format(where, sql.SQL(self.extra_predicate))
         plan = DeletePlan(
