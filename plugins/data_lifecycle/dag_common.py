@@ -295,6 +295,7 @@ def partition_premake_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "postgres_conn_id": policy.postgres_conn_id,
         "table": rule.table,
         "months_ahead": rule.premake_months,
+        "interval": rule.interval,
         "dry_run": "{{ params.dry_run }}",
         "pool": POSTGRES_POOL,
     }
@@ -308,6 +309,7 @@ def partition_retention_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "table": rule.table,
         "retention_months": rule.retention_months,
         "mode": rule.mode,
+        "delete_default_rows": rule.default_partition_rows == "delete",
         "dry_run": "{{ params.dry_run }}",
         "pool": POSTGRES_POOL,
         "outlets": [table_asset(policy.postgres_conn_id, rule.table)],

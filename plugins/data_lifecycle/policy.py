@@ -28,6 +28,8 @@ POLICY_FILE_ENV = "LIFECYCLE_POLICY_FILE"
 
 ARCHIVE_STORAGE_CLASSES = ("GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
 PARTITION_MODES = ("drop", "archive_schema", "s3")
+PARTITION_INTERVALS = ("daily", "weekly", "monthly", "yearly")
+DEFAULT_PARTITION_ACTIONS = ("report", "delete")
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class PartitionRule:
     mode: str = "drop"
     archive_schema: str = "archive"
     archive: ArchiveTarget | None = None
+    # daily, weekly, monthly or yearly; None: inferred from the existing partitions.
+    interval: str | None = None
+    # Rows older than the cutoff in the DEFAULT partition: "report" them, or "delete" them in batches.
+    default_partition_rows: str = "report"
 
 
 @dataclass(frozen=True)
@@ -283,6 +289,8 @@ def _partition_rules(raw: Any, source: str) -> tuple[PartitionRule, ...]:
             mode=f.choice("mode", PARTITION_MODES, "drop"),
             archive_schema=f.identifier("archive_schema", "archive"),
             archive=_archive(f.get("archive", dict, None), f.where, source),
+            interval=f.choice("interval", PARTITION_INTERVALS, None),
+            default_partition_rows=f.choice("default_partition_rows", DEFAULT_PARTITION_ACTIONS, "report"),
         )
         if rule.mode == "s3" and rule.archive is None:
             f.fail("archive", "is required when mode is 's3'")

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
 from data_lifecycle.exceptions import LifecycleConfigError, ResidueLeft
-from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator, PostgresVacuumAnalyzeOperator
+from data_lifecycle.operators.postgres import (
+    PostgresBatchedDeleteOperator,
+    PostgresPartitionPremakeOperator,
+    PostgresPartitionRetentionOperator,
+    PostgresVacuumAnalyzeOperator,
+)
 from tests.operators.test_postgres import (
     CUTOFF,
     RETENTION_DAYS,
@@ -219,3 +224,116 @@ class TestTimestampTypes:
     def test_unknown_zone_is_refused(self) -> None:
         with pytest.raises(LifecycleConfigError, match="IANA"):
             self._run(timezone="Mars/Olympus")
+
+
+def make_range_partitions(
+    pg: psycopg.Connection[Any], table: str, bounds: list[tuple[datetime, datetime]]
+) -> None:
+    for lower, upper in bounds:
+        pg.execute(
+            psycopg.sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                psycopg.sql.Identifier("app", f"{table}_{lower:%Y%m%d}"),
+                psycopg.sql.Identifier("app", table),
+                psycopg.sql.Literal(lower),
+                psycopg.sql.Literal(upper),
+            )
+        )
+
+
+class TestPremakeIntervals:
+    ANCHOR = datetime(2027, 3, 1, 5, 0, tzinfo=UTC)
+
+    def _premake(self, **kwargs: Any) -> dict[str, Any]:
+        return PostgresPartitionPremakeOperator(task_id="premake", table="app.metrics", **kwargs).execute(
+            interval_context(self.ANCHOR)
+        )
+
+    def test_daily_partitions_get_exactly_the_missing_days_and_past_gaps_are_reported(
+        self, pg: psycopg.Connection[Any]
+    ) -> None:
+        pg.execute("CREATE TABLE app.metrics (at timestamptz NOT NULL, v int) PARTITION BY RANGE (at)")
+        day = timedelta(days=1)
+        start = datetime(2027, 2, 25, tzinfo=UTC)
+        days = [start + i * day for i in range(14) if i != 2]  # 2027-02-25 .. 03-10, without 02-27
+        make_range_partitions(pg, "metrics", [(d, d + day) for d in days])
+        summary = self._premake(months_ahead=0)
+        assert summary["interval"] == "daily" and not summary["interval_declared"]
+        assert summary["created"] == [f"app.metrics_2027_03_{d:02d}" for d in range(11, 32)]
+        assert summary["past_gaps"] == [["2027-02-27T00:00:00+00:00", "2027-02-28T00:00:00+00:00"]]
+        bounds = pg.execute(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE relname = 'metrics_2027_03_31'"
+        ).fetchone()
+        assert bounds is not None and "2027-03-31" in bounds[0] and "2027-04-01" in bounds[0]
+        assert self._premake(months_ahead=0)["created"] == []
+
+    def test_weekly_partitions_keep_their_weekday(self, pg: psycopg.Connection[Any]) -> None:
+        pg.execute("CREATE TABLE app.metrics (at timestamptz NOT NULL) PARTITION BY RANGE (at)")
+        week = timedelta(days=7)
+        monday = datetime(2027, 2, 15, tzinfo=UTC)  # a Monday
+        make_range_partitions(pg, "metrics", [(monday, monday + week), (monday + week, monday + 2 * week)])
+        summary = self._premake(months_ahead=0)
+        assert summary["interval"] == "weekly"
+        # 2027-03-01 is a Monday; weeks until the end of March.
+        assert summary["created"] == [
+            "app.metrics_2027_03_01",
+            "app.metrics_2027_03_08",
+            "app.metrics_2027_03_15",
+            "app.metrics_2027_03_22",
+            "app.metrics_2027_03_29",
+        ]
+
+    def test_yearly_partitions_and_a_declared_interval(self, pg: psycopg.Connection[Any]) -> None:
+        pg.execute("CREATE TABLE app.metrics (at date NOT NULL) PARTITION BY RANGE (at)")
+        make_range_partitions(
+            pg, "metrics", [(datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))]
+        )
+        summary = self._premake(months_ahead=12)
+        assert summary["interval"] == "yearly"
+        assert summary["created"] == ["app.metrics_2027", "app.metrics_2028"]
+        declared = self._premake(months_ahead=0, interval="monthly", dry_run=True)
+        assert declared["interval_declared"] and declared["created"] == []  # March 2027 is covered
+
+
+class TestDefaultPartitionRows:
+    def _table(self, pg: psycopg.Connection[Any]) -> None:
+        pg.execute("CREATE TABLE app.metrics (at timestamptz NOT NULL, v int) PARTITION BY RANGE (at)")
+        make_range_partitions(
+            pg, "metrics", [(datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))]
+        )
+        pg.execute("CREATE TABLE app.metrics_default PARTITION OF app.metrics DEFAULT")
+        pg.execute(
+            "INSERT INTO app.metrics SELECT %s - g * interval '1 hour', g FROM generate_series(1, 30) g",
+            (CUTOFF,),
+        )
+        pg.execute("INSERT INTO app.metrics VALUES (%s, 0), (%s, 0)", (CUTOFF, CUTOFF + timedelta(days=3)))
+
+    def _retention(self, **kwargs: Any) -> dict[str, Any]:
+        return PostgresPartitionRetentionOperator(
+            task_id="retention", table="app.metrics", retention_days=RETENTION_DAYS, **kwargs
+        ).execute(interval_context())
+
+    def test_old_rows_in_the_default_partition_are_reported(
+        self, pg: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        self._table(pg)
+        old = scalar(pg, "SELECT count(*) FROM app.metrics_default WHERE at < %s", (CUTOFF,))
+        assert old > 0
+        summary = self._retention()
+        assert summary["default_partition"] == "app.metrics_default"
+        assert summary["default_partition_old_rows"] == old
+        assert summary["default_partition_deleted"] == 0
+        assert f"holds {old} rows older than" in capsys.readouterr().out
+        assert scalar(pg, "SELECT count(*) FROM app.metrics_default WHERE at < %s", (CUTOFF,)) == old
+
+    def test_policy_can_delete_them_and_keeps_rows_at_or_after_the_cutoff(
+        self, pg: psycopg.Connection[Any]
+    ) -> None:
+        self._table(pg)
+        old = scalar(pg, "SELECT count(*) FROM app.metrics_default WHERE at < %s", (CUTOFF,))
+        summary = self._retention(delete_default_rows=True)
+        assert summary["default_partition_deleted"] == old
+        assert scalar(pg, "SELECT count(*) FROM app.metrics_default WHERE at < %s", (CUTOFF,)) == 0
+        assert scalar(pg, "SELECT count(*) FROM app.metrics_default") == 2
+        assert self._retention(delete_default_rows=True)["default_partition_deleted"] == 0
+        dry = self._retention(delete_default_rows=True, dry_run=True)
+        assert dry["default_partition_deleted"] == 0

@@ -75,11 +75,17 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     ``target_batch_seconds``; a lock timeout halves it and retries up to ``max_lock_retries`` times in
     a row, then raises ``LockTimeoutExhausted`` (batches already committed stay deleted).
 
-    In archive mode each batch is written to S3 as gzip JSON lines under
-    ``{prefix}/{schema}.{table}/cutoff=.../keys_{first}-{last}.jsonl.gz`` and verified (size,
-    SHA-256, row count) while the rows are locked; only then are those keys deleted. The batch size is
-    then fixed (it shrinks only on lock timeouts) so a rerun after a crash rewrites the same objects.
-    Archive mode cannot be combined with children: their rows would be deleted without an archive.
+    In archive mode each batch is written to S3 in the typed, restorable format of
+    :mod:`data_lifecycle.archive` under ``{prefix}/{schema}.{table}/cutoff=.../batch_{sha(first
+    key)}_{sha(last key)}.rows.gz`` and verified (size, SHA-256, row count) while the rows are
+    locked; only then are those keys deleted. Objects are sized by bytes (``archive.min_object_bytes``,
+    128 KiB by default, so S3 lifecycle transitions apply): a batch locks up to ``max_batch_size``
+    rows and cuts the object where it reaches the size; a rerun after a crash cuts at the same row
+    and replaces an earlier upload of the same batch. Archive mode cannot be combined with
+    children: their rows would be deleted without an archive.
+
+    A deadlock is retried like a lock timeout. A run that is not stopped by a budget and still
+    finds due rows at the end (after a second pass from the first key) raises ``ResidueLeft``.
 
     ``max_runtime`` and ``max_rows`` stop cleanly between batches (``stopped_by`` in the summary,
     ``remaining > 0``); the next run resumes. A run that would delete more than
