@@ -199,8 +199,10 @@ class S3ArchiveWriter:
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=stem)
         for page in pages:
             stale += [o["Key"] for o in page.get("Contents", []) if o["Key"] != keep]
-        for key in stale:
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+        if stale:
+            self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in stale], "Quiet": True}
+            )
         return stale
 
     def verify(self, expected: ArchivedObject) -> None:
