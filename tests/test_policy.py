@@ -96,6 +96,13 @@ BAD = [
     ),
     pytest.param("storage_tiers.0.rules.1.prefix", "", "whole bucket", id="whole-bucket-lifecycle-rule"),
     pytest.param("partitions.0.mode", "truncate", "mode", id="unknown-partition-mode"),
+    pytest.param("partitions.0.interval", "hourly", "interval", id="unknown-partition-interval"),
+    pytest.param(
+        "partitions.0.default_partition_rows", "drop", "default_partition_rows", id="unknown-default-action"
+    ),
+    pytest.param("expired_sessions.0.timezone", "Mars/Olympus", "IANA time zone", id="unknown-timezone"),
+    pytest.param("expired_sessions.0.naive_is_utc", "yes", "naive_is_utc", id="naive-is-utc-not-bool"),
+    pytest.param("app_logs.0.archive.min_object_bytes", 0, "min_object_bytes", id="zero-object-size"),
     pytest.param("partitions.0.retention_months", 0, "retention_months", id="zero-partition-retention"),
     pytest.param("dags.default.retries", 1, "retries", id="too-few-retries"),
     pytest.param("version", 2, "version", id="unknown-version"),
@@ -213,3 +220,23 @@ def test_the_shipped_archive_bucket_has_its_own_lifecycle(shipped):
     policy = parse_policy(shipped, "policy.yaml")
     (tiers,) = [t for t in policy.storage_tiers if t.bucket == "dreamseed-log-archive"]
     assert any(r.get("prefix") == "app/" and r.get("expiration_days") for r in tiers.rules)
+
+
+def test_table_and_partition_rules_carry_zone_interval_and_object_size(shipped: dict[str, Any]) -> None:
+    from data_lifecycle.dag_common import (
+        batched_delete_kwargs,
+        partition_premake_kwargs,
+        partition_retention_kwargs,
+    )
+
+    doc = copy.deepcopy(shipped)
+    doc["expired_sessions"][0]["timezone"] = "Europe/Berlin"
+    doc["app_logs"][0]["archive"]["min_object_bytes"] = 262_144
+    doc["partitions"][0]["interval"] = "daily"
+    doc["partitions"][0]["default_partition_rows"] = "delete"
+    policy = parse_policy(doc, "policy.yaml")
+    sessions = batched_delete_kwargs(policy, policy.expired_sessions[0])
+    assert (sessions["timezone"], sessions["naive_is_utc"]) == ("Europe/Berlin", False)
+    assert batched_delete_kwargs(policy, policy.app_logs[0])["archive"]["min_object_bytes"] == 262_144
+    assert partition_premake_kwargs(policy, policy.partitions[0])["interval"] == "daily"
+    assert partition_retention_kwargs(policy, policy.partitions[0])["delete_default_rows"] is True

@@ -224,6 +224,8 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "max_rows": rule.max_rows,
         "max_delete_fraction": rule.max_delete_fraction,
         "allow_large_delete": rule.allow_large_delete,
+        "timezone": rule.timezone,
+        "naive_is_utc": rule.naive_is_utc,
         "dry_run": "{{ params.dry_run }}",
         "outlets": [
             table_asset(policy.postgres_conn_id, t) for t in (*(c.table for c in rule.children), rule.table)
@@ -237,6 +239,7 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
             "bucket": rule.archive.bucket,
             "prefix": rule.archive.prefix,
             "aws_conn_id": policy.aws_conn_id,
+            "min_object_bytes": rule.archive.min_object_bytes,
         }
         kwargs["archive_row_transform"] = archive_row_transform(rule.table)
     return destructive(**kwargs)
@@ -301,6 +304,7 @@ def partition_premake_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "postgres_conn_id": policy.postgres_conn_id,
         "table": rule.table,
         "months_ahead": rule.premake_months,
+        "interval": rule.interval,
         "dry_run": "{{ params.dry_run }}",
         "pool": POSTGRES_POOL,
     }
@@ -314,6 +318,7 @@ def partition_retention_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "table": rule.table,
         "retention_months": rule.retention_months,
         "mode": rule.mode,
+        "delete_default_rows": rule.default_partition_rows == "delete",
         "dry_run": "{{ params.dry_run }}",
         "pool": POSTGRES_POOL,
         "outlets": [table_asset(policy.postgres_conn_id, rule.table)],

@@ -23,3 +23,7 @@ class VerificationFailed(LifecycleError):
 
 class LockTimeoutExhausted(LifecycleError):
     """Batches kept timing out on locks held by other sessions; the run stopped within budget."""
+
+
+class ResidueLeft(LifecycleError):
+    """A delete run ended, not stopped by a budget, with due rows still in the table."""

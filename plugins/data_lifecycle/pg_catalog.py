@@ -29,7 +29,17 @@ RANGE_BOUND_RE = re.compile(
     r" TO \((?:'(?P<upper>(?:[^']|'')*)'|(?P<maxvalue>MAXVALUE))\)"
 )
 
-TIMESTAMP_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone", "date"})
+# Type oids (pg_type.oid; fixed for built-in types): compared by oid, so typmods such as
+# timestamp(3) with time zone match.
+TIMESTAMPTZ_OID = 1184
+TIMESTAMP_OID = 1114
+DATE_OID = 1082
+TIMESTAMP_TYPES = frozenset({TIMESTAMPTZ_OID, TIMESTAMP_OID, DATE_OID})
+TYPE_NAMES = {
+    TIMESTAMPTZ_OID: "timestamp with time zone",
+    TIMESTAMP_OID: "timestamp without time zone",
+    DATE_OID: "date",
+}
 TABLE_KINDS = {"r": "table", "p": "partitioned table"}
 
 
@@ -58,8 +68,15 @@ class TableRef:
 @dataclass(frozen=True)
 class Column:
     name: str
-    type_name: str  # format_type() output, e.g. "timestamp with time zone"
+    type_name: str  # format_type() output, e.g. "timestamp(3) with time zone"
     regtype: str  # a type name safe to use in a cast, from the catalog
+    type_oid: int = 0  # pg_attribute.atttypid
+    not_null: bool = False  # pg_attribute.attnotnull
+    generated: bool = False  # a generated column (cannot be inserted)
+
+    @property
+    def is_naive_timestamp(self) -> bool:
+        return self.type_oid == TIMESTAMP_OID
 
     @property
     def ident(self) -> sql.Identifier:
@@ -132,24 +149,36 @@ def schema_exists(conn: Any, schema: str) -> bool:
 def columns(conn: Any, table: TableRef) -> dict[str, Column]:
     """Live columns of ``table`` in attnum order."""
     rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod), atttypid::regtype::text FROM pg_attribute"
+        "SELECT attname, format_type(atttypid, atttypmod), atttypid::regtype::text, atttypid::int,"
+        " attnotnull, attgenerated <> '' FROM pg_attribute"
         " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (table.oid,),
     ).fetchall()
-    return {r[0]: Column(name=r[0], type_name=r[1], regtype=r[2]) for r in rows}
+    return {
+        r[0]: Column(
+            name=r[0],
+            type_name=r[1],
+            regtype=r[2],
+            type_oid=int(r[3]),
+            not_null=bool(r[4]),
+            generated=bool(r[5]),
+        )
+        for r in rows
+    }
 
 
 def require_column(
-    conn: Any, table: TableRef, name: Any, *, field: str, types: frozenset[str] | None = None
+    conn: Any, table: TableRef, name: Any, *, field: str, types: frozenset[int] | None = None
 ) -> Column:
-    """The column ``name`` of ``table``; raises when it is missing or not one of ``types``."""
+    """The column ``name`` of ``table``; raises when it is missing or its type oid is not in ``types``."""
     check_identifier(name, field=field)
     column = columns(conn, table).get(name)
     if column is None:
         raise LifecycleConfigError(f"{field}={name!r}: {table.qualified} has no such column")
-    if types is not None and column.type_name not in types:
+    if types is not None and column.type_oid not in types:
+        expected = sorted(TYPE_NAMES.get(t, str(t)) for t in types)
         raise LifecycleConfigError(
-            f"{field}={name!r}: {table.qualified}.{name} is {column.type_name}, expected one of {sorted(types)}"
+            f"{field}={name!r}: {table.qualified}.{name} is {column.type_name}, expected one of {expected}"
         )
     return column
 
@@ -173,7 +202,12 @@ def _index_columns(conn: Any, table: TableRef, *, primary: bool) -> list[list[st
 
 
 def key_columns(conn: Any, table: TableRef, declared: list[str] | None = None) -> list[Column]:
-    """The primary key, or ``declared`` columns when a unique index (no predicate) covers exactly them."""
+    """The primary key, or ``declared`` columns when a unique index (no predicate) covers exactly them.
+
+    Declared key columns must be NOT NULL: keyset batches compare ``(keys) > (last keys)`` and
+    delete by ``(keys) IN (...)``, which never match a NULL, so rows with a NULL key would be left
+    behind silently (a unique index allows any number of NULLs).
+    """
     cols = columns(conn, table)
     if declared:
         for name in declared:
@@ -182,6 +216,12 @@ def key_columns(conn: Any, table: TableRef, declared: list[str] | None = None) -
             raise LifecycleConfigError(
                 f"key_columns={declared!r}: {table.qualified} has no primary key or unique index on exactly"
                 " these columns"
+            )
+        nullable = [name for name in declared if not cols[name].not_null]
+        if nullable:
+            raise LifecycleConfigError(
+                f"key_columns={declared!r}: {table.qualified}.{', '.join(nullable)} may be NULL, and rows with"
+                " a NULL key cannot be batched; add NOT NULL to the column(s) or use the primary key"
             )
         return [cols[name] for name in declared]
     primary = _index_columns(conn, table, primary=True)
@@ -267,7 +307,7 @@ def range_partition_key(conn: Any, table: TableRef) -> Column:
         "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum = %s", (table.oid, attrs[0])
     ).fetchone()[0]
     column = columns(conn, table)[name]
-    if column.type_name not in TIMESTAMP_TYPES:
+    if column.type_oid not in TIMESTAMP_TYPES:
         raise LifecycleConfigError(
             f"{table.qualified} is partitioned on {name} ({column.type_name}), not on a timestamp column"
         )

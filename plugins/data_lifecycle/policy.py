@@ -20,11 +20,16 @@ from data_lifecycle.config_fields import ConfigFields as _Fields
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.s3_lifecycle_rules import validate_rules
 
+# S3's default minimum object size for lifecycle transitions (as data_lifecycle.archive).
+DEFAULT_MIN_OBJECT_BYTES = 128 * 1024
+
 DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "include" / "policies" / "lifecycle.yaml"
 POLICY_FILE_ENV = "LIFECYCLE_POLICY_FILE"
 
 ARCHIVE_STORAGE_CLASSES = ("GLACIER_IR", "GLACIER", "DEEP_ARCHIVE")
 PARTITION_MODES = ("drop", "archive_schema", "s3")
+PARTITION_INTERVALS = ("daily", "weekly", "monthly", "yearly")
+DEFAULT_PARTITION_ACTIONS = ("report", "delete")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class ArchiveTarget:
 
     bucket: str
     prefix: str
+    # Row archives: the size an object aims for (S3 does not tier objects below 128 KiB by default).
+    min_object_bytes: int = DEFAULT_MIN_OBJECT_BYTES
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,9 @@ class TableRule:
     max_rows: int | None = None
     max_delete_fraction: float = 0.5
     allow_large_delete: bool = False
+    # For a ``timestamp without time zone`` column: the zone its values are in, or UTC.
+    timezone: str | None = None
+    naive_is_utc: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class PartitionRule:
     mode: str = "drop"
     archive_schema: str = "archive"
     archive: ArchiveTarget | None = None
+    # daily, weekly, monthly or yearly; None: inferred from the existing partitions.
+    interval: str | None = None
+    # Rows older than the cutoff in the DEFAULT partition: "report" them, or "delete" them in batches.
+    default_partition_rows: str = "report"
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,11 @@ def _archive(raw: Any, where: str, source: str) -> ArchiveTarget | None:
     if raw is None:
         return None
     f = _Fields(raw, f"{where} archive", source)
-    target = ArchiveTarget(bucket=f.bucket("bucket"), prefix=f.get("prefix", str, "").strip("/"))
+    target = ArchiveTarget(
+        bucket=f.bucket("bucket"),
+        prefix=f.get("prefix", str, "").strip("/"),
+        min_object_bytes=f.positive_int("min_object_bytes", DEFAULT_MIN_OBJECT_BYTES),
+    )
     f.done()
     return target
 
@@ -193,6 +211,18 @@ def _batch(raw: Any, where: str, source: str) -> BatchSettings:
         f.fail("min_size", f"({settings.min_size}) is larger than max_size ({settings.max_size})")
     f.done()
     return settings
+
+
+def _timezone(f: _Fields, key: str) -> str | None:
+    from zoneinfo import ZoneInfo
+
+    zone = f.get(key, str, None)
+    if zone is not None:
+        try:
+            ZoneInfo(zone)
+        except (ValueError, OSError, KeyError):
+            f.fail(key, f"must be an IANA time zone such as Europe/Berlin, got {zone!r}")
+    return cast("str | None", zone)
 
 
 def _rule_fields(raw: Any, section: str, index: int, source: str) -> _Fields:
@@ -237,8 +267,12 @@ def _table_rules(raw: Any, section: str, source: str, floor: int) -> tuple[Table
                 max_rows=f.positive_int("max_rows", None),
                 max_delete_fraction=fraction,
                 allow_large_delete=f.get("allow_large_delete", bool, False),
+                timezone=_timezone(f, "timezone"),
+                naive_is_utc=f.get("naive_is_utc", bool, False),
             )
         )
+        if rules[-1].timezone and rules[-1].naive_is_utc:
+            f.fail("timezone", "give timezone or naive_is_utc, not both")
         f.done()
     return _unique(rules, section, source)
 
@@ -255,6 +289,8 @@ def _partition_rules(raw: Any, source: str) -> tuple[PartitionRule, ...]:
             mode=f.choice("mode", PARTITION_MODES, "drop"),
             archive_schema=f.identifier("archive_schema", "archive"),
             archive=_archive(f.get("archive", dict, None), f.where, source),
+            interval=f.choice("interval", PARTITION_INTERVALS, None),
+            default_partition_rows=f.choice("default_partition_rows", DEFAULT_PARTITION_ACTIONS, "report"),
         )
         if rule.mode == "s3" and rule.archive is None:
             f.fail("archive", "is required when mode is 's3'")

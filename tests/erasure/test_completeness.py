@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from data_lifecycle.archive import read_rows
-from data_lifecycle.erasure.archives import archive_destinations, check_archive_coverage
+from data_lifecycle.archive import read_archive_rows, restore_archive
+from data_lifecycle.erasure.archives import archive_destinations, check_archive_coverage, pseudonym
 from data_lifecycle.erasure.coverage import check_full_coverage, coverage_gaps
 from data_lifecycle.erasure.ledger import Status
 from data_lifecycle.erasure.params import Connections
@@ -177,15 +177,25 @@ def test_archived_log_rows_hold_no_subject_id_or_ip(world: Any, logs_policy: str
     assert str(dr.state) == "success"
 
     keys = [k for k, _v, marker in object_versions(world.s3, logs_policy, "db-archive/") if not marker]
-    rows = [r for k in keys for r in read_rows(world.s3, logs_policy, k)]
+    rows = [r for k in keys for r in read_archive_rows(world.s3, logs_policy, k)]
     assert rows
     text = json.dumps(rows)
     assert str(SUBJECT_ID) not in text and SUBJECT_IP not in text and SUBJECT_EMAIL not in text
-    pseudonym = world.keys.label_hash(f"app.app_logs.user_id:{SUBJECT_ID}")
-    mine = [r for r in rows if r["user_id"] == pseudonym]
+    subject_pseudonym = pseudonym(world.keys, f"app.app_logs.user_id:{SUBJECT_ID}", "bigint")
+    assert int(subject_pseudonym) < 0  # restorable into the bigint column, never a real id
+    mine = [r for r in rows if r["user_id"] == subject_pseudonym]
     assert len(mine) == 3 and all(r["context"] is None for r in mine)
     # Other users' rows are pseudonymised the same way; anonymous rows are archived unchanged.
-    assert {r["user_id"] for r in rows} >= {world.keys.label_hash("app.app_logs.user_id:1"), None}
+    assert {r["user_id"] for r in rows} >= {pseudonym(world.keys, "app.app_logs.user_id:1", "bigint"), None}
+    # A pseudonymised archive still restores into its own table, types intact, without the person.
+    restored = sum(restore_archive(world.pg, world.s3, logs_policy, k) for k in keys)
+    assert restored == len(rows)
+    assert world.pg.execute(
+        "SELECT count(*) FROM app.app_logs WHERE user_id = %s", (int(subject_pseudonym),)
+    ).fetchone() == (3,)
+    assert world.pg.execute(
+        "SELECT count(*) FROM app.app_logs WHERE user_id = %s", (SUBJECT_ID,)
+    ).fetchone() == (0,)
 
 
 class TestLedgerSurvivesRestore:

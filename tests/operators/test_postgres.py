@@ -7,6 +7,7 @@ objects left behind.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -415,23 +416,22 @@ class TestPostgresBatchedDeleteOperator:
         }
         summary = PostgresBatchedDeleteOperator(**kwargs).execute(interval_context())
         assert summary["deleted"] == summary["archived_rows"] == 45
-        assert (
-            summary["archived_files"][0]
-            == "app-logs/app.app_logs/cutoff=2027-01-30T050000Z/keys_1-20.jsonl.gz"
+        assert summary["archived_files"][0].startswith(
+            "app-logs/app.app_logs/cutoff=2027-01-30T050000Z/batch_"
         )
         keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
-        assert keys == sorted(summary["archived_files"]) and len(keys) == 3
-        archived = [row for key in keys for row in archive_mod.read_rows(s3_client, bucket, key)]
-        assert sorted(r["id"] for r in archived) == sorted(before)
+        assert keys == sorted(summary["archived_files"]) and len(keys) == summary["batches"] == 2
+        archived = [row for key in keys for row in archive_mod.read_archive_rows(s3_client, bucket, key)]
+        assert sorted(int(r["id"]) for r in archived) == sorted(before)
         for row in archived:
-            _, created_at, message, context = before[row["id"]]
+            _, created_at, message, context = before[int(row["id"])]
             assert datetime.fromisoformat(row["created_at"]) == created_at
-            assert row["message"] == message and row["context"] == context
+            assert row["message"] == message and json.loads(row["context"]) == context
         assert scalar(pg, "SELECT count(*) FROM app.app_logs WHERE created_at < %s", (CUTOFF,)) == 0
 
         rerun = PostgresBatchedDeleteOperator(**kwargs).execute(manual_context())
         assert rerun["deleted"] == 0 and rerun["archived_files"] == []
-        assert len(s3_client.list_objects_v2(Bucket=bucket)["Contents"]) == 3
+        assert len(s3_client.list_objects_v2(Bucket=bucket)["Contents"]) == 2
 
     def test_archive_failure_after_upload_deletes_nothing_and_rerun_overwrites(
         self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch
@@ -468,7 +468,7 @@ class TestPostgresBatchedDeleteOperator:
         assert summary["deleted"] == 10
         keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
         assert len(keys) == 2  # the rerun overwrote the unverified object under the same key
-        rows = [r["id"] for k in keys for r in archive_mod.read_rows(s3_client, bucket, k)]
+        rows = [int(r["id"]) for k in keys for r in archive_mod.read_archive_rows(s3_client, bucket, k)]
         assert sorted(rows) == list(range(1, 31))
 
     @pytest.mark.parametrize(
@@ -585,8 +585,8 @@ class TestPostgresPartitionRetentionOperator:
         assert summary["archived_rows"] == 10
         keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
         assert keys == sorted(summary["archived_files"])
-        assert "progress/app.student_progress/partition=student_progress_2026_10/part_00000.jsonl.gz" in keys
-        rows = [r for k in keys for r in archive_mod.read_rows(s3_client, bucket, k)]
+        assert "progress/app.student_progress/partition=student_progress_2026_10/part_00000.rows.gz" in keys
+        rows = [r for k in keys for r in archive_mod.read_archive_rows(s3_client, bucket, k)]
         assert len(rows) == 10
         assert all(datetime.fromisoformat(r["recorded_at"]) < datetime(2026, 12, 1, tzinfo=UTC) for r in rows)
         assert partition_names(pg, "app.student_progress") == ["student_progress_2026_12"]

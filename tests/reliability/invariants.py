@@ -9,9 +9,7 @@ retention is touched.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -20,24 +18,34 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from data_lifecycle.archive import ROW_COUNT_METADATA_KEY, json_default
+from data_lifecycle.archive import ROW_COUNT_METADATA_KEY, parse_archive
 
 
 def sha256_b64(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
 
 
-def normalised(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as the archive writer encodes it (JSON types)."""
-    return json.loads(json.dumps(row, default=json_default))
-
-
 def table_rows(conn: psycopg.Connection[Any], table: str, key: str = "id") -> dict[Any, dict[str, Any]]:
-    """Every row of ``table`` by ``key``, in archive (JSON) form."""
+    """Every row of ``table`` by ``key`` (its typed value), in archive form: each column's text."""
     schema, name = table.split(".")
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0"
+            " AND NOT attisdropped ORDER BY attnum",
+            (f"{schema}.{name}",),
+        )
+    ]
+    query = sql.SQL("SELECT {k} AS lc_key, {c} FROM {t}").format(
+        k=sql.Identifier(key),
+        c=sql.SQL(", ").join(
+            sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(c)) for c in cols
+        ),
+        t=sql.Identifier(schema, name),
+    )
     with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name))).fetchall()
-    return {row[key]: normalised(row) for row in rows}
+        rows = cur.execute(query).fetchall()
+    return {row.pop("lc_key"): row for row in rows}
 
 
 @dataclass
@@ -54,7 +62,7 @@ def verified_archive(client: Any, bucket: str, prefix: str) -> list[ArchiveObjec
         for obj in page.get("Contents", []):
             head = client.head_object(Bucket=bucket, Key=obj["Key"], ChecksumMode="ENABLED")
             body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            rows = [json.loads(line) for line in gzip.decompress(body).decode().splitlines() if line]
+            rows = parse_archive(body).as_dicts()
             assert head["ContentLength"] == len(body), f"{obj['Key']}: size differs from its body"
             assert head["ChecksumSHA256"] == sha256_b64(body), f"{obj['Key']}: checksum differs"
             assert head["Metadata"][ROW_COUNT_METADATA_KEY] == str(len(rows)), f"{obj['Key']}: row count"
@@ -79,15 +87,17 @@ def assert_deleted_rows_archived(
     assert not early, f"rows inside retention were deleted: {sorted(early)[:10]}"
     for k, row in after.items():
         assert row == before[k], f"row {k} changed"
+    # Archived rows are keyed by the key's text form, as the archive holds it.
     archived: dict[Any, dict[str, Any]] = {}
     for obj in archive:
         for row in obj.rows:
+            assert row[key] not in archived, f"row {row[key]} is in two archive objects"
             archived[row[key]] = row
-    missing = sorted(k for k in deleted if k not in archived)
+    missing = sorted(k for k in deleted if before[k][key] not in archived)
     assert not missing, f"{len(missing)} deleted rows are in no archive object, e.g. {missing[:10]}"
-    differ = sorted(k for k in deleted if archived[k] != before[k])
+    differ = sorted(k for k in deleted if archived[before[k][key]] != before[k])
     assert not differ, f"archived rows differ from the originals, e.g. {differ[:5]}"
-    unknown = set(archived) - set(before)
+    unknown = set(archived) - {row[key] for row in before.values()}
     assert not unknown, f"archive holds rows that never existed: {sorted(unknown)[:5]}"
     return deleted
 

@@ -19,6 +19,7 @@ each erase step's first write.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,6 +142,26 @@ def check_archive_coverage(policy: Any, smap: SubjectMap) -> list[str]:
     return [f"{d.location} <- {d.source}: {d.covered}" for d in dests]
 
 
+# Integer columns get a negative pseudonym within the type's range: it restores into the column's
+# own type and can never equal a real (positive) id.
+_INTEGER_BOUNDS = {"smallint": 2**15 - 1, "integer": 2**31 - 1, "bigint": 2**63 - 1}
+
+
+def pseudonym(keys: Any, label: str, type_name: str | None = None) -> str:
+    """The keyed hash of ``label``, as text that fits a column of ``type_name``.
+
+    Text columns (and unknown types) hold the hex HMAC; integer columns a negative integer taken
+    from it; ``uuid`` columns a UUID made of its first 128 bits. The same subject always gets the
+    same pseudonym in one column, so archived rows of one person stay linkable to each other only.
+    """
+    digest = keys.label_hash(label)
+    if type_name in _INTEGER_BOUNDS:
+        return str(-(int(digest[:16], 16) % _INTEGER_BOUNDS[type_name]) - 1)
+    if type_name == "uuid":
+        return str(uuid.UUID(digest[:32]))
+    return digest
+
+
 class ArchivePseudonymiser:
     """Row transform for the archive writer: the subject columns of one table's rows, pseudonymised.
 
@@ -175,8 +196,11 @@ class ArchivePseudonymiser:
             self._state = (targets, load_subject_keys(smap.hmac_conn_id, smap.subject.table))
         return self._state
 
-    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any]:
+    def __call__(
+        self, row: Mapping[str, Any], column_types: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         targets, keys = self._load()
+        types = column_types or {}
         out = dict(row)
         for target in targets:
             subject = row.get(target.column)
@@ -188,8 +212,9 @@ class ArchivePseudonymiser:
                 elif m.strategy is MaskStrategy.FIXED:
                     out[m.column] = m.value
                 else:
-                    out[m.column] = keys.label_hash(f"{self.table}.{m.column}:{subject}")
-            out[target.column] = keys.label_hash(f"{self.table}.{target.column}:{subject}")
+                    out[m.column] = pseudonym(keys, f"{self.table}.{m.column}:{subject}", types.get(m.column))
+            label = f"{self.table}.{target.column}:{subject}"
+            out[target.column] = pseudonym(keys, label, types.get(target.column))
         return out
 
     def __repr__(self) -> str:

@@ -109,16 +109,16 @@ class PostgresLifecycleBaseOperator(BaseOperator):
     def _connect(self) -> psycopg.Connection[Any]:
         """An autocommit connection in UTC; explicit transactions use ``conn.transaction()``.
 
-        The operator's lock timeout is set for the whole session before the first catalog read, so
-        planning, counting and guard checks never queue behind another session's table lock either.
+        A lock timeout is set for the whole session before the first statement (the operator's own
+        ``lock_timeout``, else the default), so no statement of any operator (catalog reads, counts,
+        statistics, guard checks) queues behind another session's table lock.
         """
         conn = cast("psycopg.Connection[Any]", self.hook.get_conn())
         conn.autocommit = True
         set_config(conn, "TimeZone", "UTC", local=False)
         set_config(conn, "application_name", f"data_lifecycle:{self.task_id}"[:63], local=False)
-        session_lock_timeout = getattr(self, "lock_timeout", None)
-        if session_lock_timeout is not None:
-            seconds = as_seconds(session_lock_timeout, field="lock_timeout") or DEFAULT_LOCK_TIMEOUT_SECONDS
-            set_config(conn, "lock_timeout", as_pg_ms(seconds), local=False)
+        session_lock_timeout = getattr(self, "lock_timeout", None) or DEFAULT_LOCK_TIMEOUT_SECONDS
+        seconds = as_seconds(session_lock_timeout, field="lock_timeout") or DEFAULT_LOCK_TIMEOUT_SECONDS
+        set_config(conn, "lock_timeout", as_pg_ms(seconds), local=False)
         self._backend_pid = conn.info.backend_pid
         return conn

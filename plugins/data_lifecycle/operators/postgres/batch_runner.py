@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from data_lifecycle import pg_catalog
 from data_lifecycle.archive import (
     ArchiveConfig,
+    RowTransform,
     S3ArchiveWriter,
-    batch_key,
 )
 from data_lifecycle.exceptions import (
     LockTimeoutExhausted,
+    ResidueLeft,
     VerificationFailed,
 )
+from data_lifecycle.operators.postgres.archive_batch import archive_batch, next_limit
 from data_lifecycle.operators.postgres.base import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     as_pg_ms,
@@ -32,6 +34,12 @@ MIN_BATCH_SHRINK = 0.5
 LOCK_RETRY_BACKOFF_SECONDS = 0.05
 # The summary lists at most this many archive keys (all are logged).
 MAX_SUMMARY_FILES = 200
+# The due rows left after a run are counted up to this many ("at least N" above it): an exact
+# count of a large backlog on a big table could outlast the statement timeout.
+REMAINING_COUNT_LIMIT = 10_000
+# Passes over the key range: a row can become due behind the keyset cursor while a run is going
+# (a session row extended, then expired again); a second pass from the start picks it up.
+MAX_PASSES = 2
 
 
 class BatchSettings(Protocol):
@@ -50,7 +58,7 @@ class BatchSettings(Protocol):
     max_lock_retries: int
     max_runtime: timedelta | float | None
     max_rows: int | None
-    archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None
+    archive_row_transform: RowTransform | None
 
     @property
     def statement_timeout_seconds(self) -> float: ...
@@ -84,14 +92,16 @@ class BatchRunner:
         self.statement_timeout = op.statement_timeout_seconds
         self.max_runtime = as_seconds(op.max_runtime, field="max_runtime", allow_none=True)
         self.writer: S3ArchiveWriter | None = None
+        self.columns: list[Column] = []
         if plan.archive is not None:
+            self.columns = list(pg_catalog.columns(conn, plan.table).values())
             from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
             client = S3Hook(aws_conn_id=plan.archive.aws_conn_id).get_conn()
             self.writer = S3ArchiveWriter(client, plan.archive.bucket, op.archive_row_transform)
 
     def run(self) -> dict[str, Any]:
-        from psycopg.errors import LockNotAvailable
+        from psycopg.errors import DeadlockDetected, LockNotAvailable
 
         op, plan = self.op, self.plan
         started = self.started  # the runtime budget counts from the start of execute
@@ -101,6 +111,8 @@ class BatchRunner:
         children = {c.table.qualified: 0 for c in plan.children}
         files: list[str] = []
         stopped_by: str | None = None
+        passes = 1
+        replaced = 0
         while True:
             elapsed = time.monotonic() - started
             if self.max_runtime is not None and elapsed >= self.max_runtime:
@@ -115,18 +127,23 @@ class BatchRunner:
             batch_started = time.monotonic()
             try:
                 result = self._one_batch(limit, last_key)
-            except LockNotAvailable:
+            except (LockNotAvailable, DeadlockDetected) as exc:
+                # A deadlock (another cleanup or an erasure touching the same rows) rolled this
+                # batch back like a lock timeout does: retry it, smaller.
+                reason = "Deadlock" if isinstance(exc, DeadlockDetected) else "Lock timeout"
                 lock_failures += 1
                 size = max(op.min_batch_size, int(size * MIN_BATCH_SHRINK))
                 if lock_failures > op.max_lock_retries:
                     raise LockTimeoutExhausted(
                         f"{plan.table.qualified}: {lock_failures} batches in a row waited longer than"
-                        f" lock_timeout={self.lock_timeout}s for rows or tables locked by other sessions;"
+                        f" lock_timeout={self.lock_timeout}s for rows or tables locked by other sessions"
+                        " (or deadlocked with them);"
                         f" stopped after deleting {deleted} rows in {batches} batches (committed; the next"
                         " run resumes)."
                     ) from None
                 self.log.warning(
-                    "Lock timeout on %s (attempt %d of %d); retrying with batch size %d",
+                    "%s on %s (attempt %d of %d); retrying with batch size %d",
+                    reason,
                     plan.table.qualified,
                     lock_failures,
                     op.max_lock_retries,
@@ -136,6 +153,13 @@ class BatchRunner:
                 continue
             lock_failures = 0
             if result is None:
+                if passes < MAX_PASSES and self._any_due():
+                    passes += 1
+                    last_key = None
+                    self.log.info(
+                        "%s: due rows appeared behind the cursor; one more pass", plan.table.qualified
+                    )
+                    continue
                 break
             count, child_counts, key_range, archived = result
             batches += 1
@@ -144,10 +168,16 @@ class BatchRunner:
             for name, n in child_counts.items():
                 children[name] += n
             if archived is not None:
-                archived_rows += archived.rows
-                files.append(archived.key)
+                archived_rows += archived.archived.rows
+                files.append(archived.archived.key)
+                replaced += len(archived.replaced)
             took = time.monotonic() - batch_started
-            if self.writer is None:
+            if archived is not None:
+                assert plan.archive is not None
+                size = next_limit(
+                    archived, plan.archive.min_object_bytes, low=op.min_batch_size, high=op.max_batch_size
+                )
+            else:
                 factor = min(
                     MAX_BATCH_GROWTH, max(MIN_BATCH_SHRINK, op.target_batch_seconds / max(took, 1e-3))
                 )
@@ -155,9 +185,16 @@ class BatchRunner:
             self._log_progress(batches, count, deleted, started, took)
             if op.sleep_between_batches:
                 time.sleep(op.sleep_between_batches)
-        remaining = self._remaining()
+        remaining, remaining_exact = self._remaining()
         if stopped_by is not None and remaining == 0:
             stopped_by = None
+        if stopped_by is None and remaining:
+            # A green run never leaves due rows behind without saying why.
+            raise ResidueLeft(
+                f"{plan.table.qualified}: {remaining}{'' if remaining_exact else '+'} due rows are still there"
+                f" after deleting {deleted} rows in {batches} batches and {passes} passes (rows made due"
+                " behind the cursor, or keys the batches cannot reach); the next run retries them."
+            )
         if stopped_by:
             self.log.warning(
                 "%s: stopped by %s after %d rows; %d due rows remain for the next run",
@@ -173,11 +210,13 @@ class BatchRunner:
             "deleted": deleted,
             "batches": batches,
             "remaining": remaining,
+            "remaining_exact": remaining_exact,
             "seconds": round(time.monotonic() - started, 3),
             "children": children,
             "archived_files": files[:MAX_SUMMARY_FILES],
             "archived_files_total": len(files),
             "archived_rows": archived_rows,
+            "archive_objects_replaced": replaced,
             "dry_run": False,
             "stopped_by": stopped_by,
         }
@@ -202,13 +241,28 @@ class BatchRunner:
                     sql.SQL("{}::{}").format(sql.Placeholder(f"lc_last_{i}"), sql.SQL(column.regtype))
                 )
             where = sql.SQL("{} AND ({}) > ({})").format(where, key_list, sql.SQL(", ").join(placeholders))
-        if self.writer is None and not plan.children:
-            return self._range_batch(limit, where, params, key_list)
         if self.writer is not None:
-            select_list: Any = sql.SQL("*")
-        else:
-            wanted = list(dict.fromkeys(key_names + [c.parent_column for c in plan.children]))
-            select_list = sql.SQL(", ").join(sql.Identifier(n) for n in wanted)
+            with self.conn.transaction():
+                set_config(self.conn, "lock_timeout", as_pg_ms(self.lock_timeout))
+                set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
+                batch = archive_batch(
+                    self.conn, plan, self.writer, self.columns, limit=limit, last_key=last_key
+                )
+            if batch is None:
+                return None
+            self.log.info(
+                "Archived %d rows to s3://%s/%s (%d bytes, verified)%s",
+                batch.archived.rows,
+                batch.archived.bucket,
+                batch.archived.key,
+                batch.archived.size,
+                f"; replaced an earlier upload of this batch: {batch.replaced}" if batch.replaced else "",
+            )
+            return batch.count, {}, (batch.first, batch.last), batch
+        if not plan.children:
+            return self._range_batch(limit, where, params, key_list)
+        wanted = list(dict.fromkeys(key_names + [c.parent_column for c in plan.children]))
+        select_list = sql.SQL(", ").join(sql.Identifier(n) for n in wanted)
         select = sql.SQL("SELECT {cols} FROM {t} WHERE {w} ORDER BY {k} LIMIT {n} FOR UPDATE").format(
             cols=select_list, t=plan.table.ident, w=where, k=key_list, n=sql.Literal(limit)
         )
@@ -220,18 +274,6 @@ class BatchRunner:
             if not rows:
                 return None
             keys = [tuple(row[n] for n in key_names) for row in rows]
-            archived = None
-            if self.writer is not None:
-                assert plan.archive is not None
-                key = batch_key(
-                    plan.archive.prefix,
-                    schema=plan.table.schema,
-                    table=plan.table.name,
-                    cutoff=plan.cutoff,
-                    first=keys[0],
-                    last=keys[-1],
-                )
-                archived = self._archive(key, rows)
             child_counts: dict[str, int] = {}
             for child in plan.children:
                 values = list(
@@ -265,7 +307,7 @@ class BatchRunner:
                     f"{plan.table.qualified}: locked {len(keys)} rows but the delete matched {cur.rowcount};"
                     " the batch was rolled back"
                 )
-        return len(keys), child_counts, (keys[0], keys[-1]), archived
+        return len(keys), child_counts, (keys[0], keys[-1]), None
 
     def _range_batch(
         self, limit: int, where: Any, params: dict[str, Any], key_list: Any
@@ -305,32 +347,40 @@ class BatchRunner:
             )
         return cur.rowcount, {}, (upper_key, upper_key), None
 
-    def _archive(self, key: str, rows: list[dict[str, Any]]) -> Any:
-        assert self.writer is not None
-        archived = self.writer.write(key, rows)
-        self.log.info(
-            "Archived %d rows to s3://%s/%s (verified)", archived.rows, archived.bucket, archived.key
-        )
-        return archived
-
-    def _remaining(self) -> int:
+    def _remaining(self) -> tuple[int, bool]:
+        """Due rows left, counted up to REMAINING_COUNT_LIMIT, and whether the figure is exact."""
         from psycopg import sql
 
         with self.conn.transaction():
             set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
             row = self.conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(self.plan.table.ident, self.plan.where),
+                sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} WHERE {} LIMIT {}) AS due").format(
+                    self.plan.table.ident, self.plan.where, sql.Literal(REMAINING_COUNT_LIMIT + 1)
+                ),
                 self.plan.params,
             ).fetchone()
-        return int(row[0])
+        count = int(row[0])
+        return min(count, REMAINING_COUNT_LIMIT), count <= REMAINING_COUNT_LIMIT
+
+    def _any_due(self) -> bool:
+        """Whether any due row is left (``LIMIT 1``: stops at the first one)."""
+        from psycopg import sql
+
+        with self.conn.transaction():
+            set_config(self.conn, "statement_timeout", as_pg_ms(self.statement_timeout))
+            row = self.conn.execute(
+                sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 1").format(self.plan.table.ident, self.plan.where),
+                self.plan.params,
+            ).fetchone()
+        return row is not None
 
     def _log_progress(self, batches: int, count: int, deleted: int, started: float, took: float) -> None:
         elapsed = max(time.monotonic() - started, 1e-6)
         rate = deleted / elapsed
         left = max(self.due - deleted, 0)
-        eta = left / rate if rate else float("nan")
+        eta = f"{left / rate:.0f}s" if rate > 0 else "unknown"
         self.log.info(
-            "Batch %d: %d rows in %.2fs; %d deleted, %.0f rows/s, ~%d left, ETA %.0fs",
+            "Batch %d: %d rows in %.2fs; %d deleted, %.0f rows/s, ~%d left, ETA %s",
             batches,
             count,
             took,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from data_lifecycle import pg_catalog
 from data_lifecycle.archive import (
     ArchiveConfig,
+    RowTransform,
 )
 from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
 from data_lifecycle.exceptions import (
@@ -50,6 +51,19 @@ RESERVED_PARAM_PREFIX = "lc_"
 _FORBIDDEN_PREDICATE = re.compile(r";|--|/\*")
 
 
+def check_timezone(zone: Any) -> str:
+    """An IANA zone name (``Europe/Berlin``), else LifecycleConfigError."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(zone)
+    except (ValueError, TypeError, OSError, KeyError):
+        raise LifecycleConfigError(
+            f"timezone={zone!r} is not an IANA time zone such as 'Europe/Berlin'"
+        ) from None
+    return str(zone)
+
+
 class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     """Delete rows older than a cutoff in short keyset batches, children first, optionally archiving to S3.
 
@@ -62,11 +76,17 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     ``target_batch_seconds``; a lock timeout halves it and retries up to ``max_lock_retries`` times in
     a row, then raises ``LockTimeoutExhausted`` (batches already committed stay deleted).
 
-    In archive mode each batch is written to S3 as gzip JSON lines under
-    ``{prefix}/{schema}.{table}/cutoff=.../keys_{first}-{last}.jsonl.gz`` and verified (size,
-    SHA-256, row count) while the rows are locked; only then are those keys deleted. The batch size is
-    then fixed (it shrinks only on lock timeouts) so a rerun after a crash rewrites the same objects.
-    Archive mode cannot be combined with children: their rows would be deleted without an archive.
+    In archive mode each batch is written to S3 in the typed, restorable format of
+    :mod:`data_lifecycle.archive` under ``{prefix}/{schema}.{table}/cutoff=.../batch_{sha(first
+    key)}_{sha(last key)}.rows.gz`` and verified (size, SHA-256, row count) while the rows are
+    locked; only then are those keys deleted. Objects are sized by bytes (``archive.min_object_bytes``,
+    128 KiB by default, so S3 lifecycle transitions apply): a batch locks up to ``max_batch_size``
+    rows and cuts the object where it reaches the size; a rerun after a crash cuts at the same row
+    and replaces an earlier upload of the same batch. Archive mode cannot be combined with
+    children: their rows would be deleted without an archive.
+
+    A deadlock is retried like a lock timeout. A run that is not stopped by a budget and still
+    finds due rows at the end (after a second pass from the first key) raises ``ResidueLeft``.
 
     ``max_runtime`` and ``max_rows`` stop cleanly between batches (``stopped_by`` in the summary,
     ``remaining > 0``); the next run resumes. A run that would delete more than
@@ -75,7 +95,11 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     deleted nothing, so the ledger shows that the rerun ran.
 
     :param table: ``"schema.table"`` (schema defaults to ``public``); a table or partitioned table.
-    :param timestamp_column: the column compared with the cutoff (timestamp, timestamptz or date).
+    :param timestamp_column: the column compared with the cutoff (timestamptz of any precision, date, or
+        timestamp without time zone with ``timezone`` or ``naive_is_utc``).
+    :param timezone: the zone a ``timestamp without time zone`` column's values are in
+        (``"Europe/Berlin"``); the cutoff is compared in that zone.
+    :param naive_is_utc: a ``timestamp without time zone`` column holds UTC (instead of ``timezone``).
     :param retention_days: days to keep, at least one. (templated)
     :param postgres_conn_id: the Airflow connection to PostgreSQL.
     :param extra_predicate: an SQL boolean fragment ANDed to the timestamp predicate, with named
@@ -118,13 +142,15 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         timestamp_column: str,
         retention_days: int | str,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
+        timezone: str | None = None,
+        naive_is_utc: bool = False,
         extra_predicate: str | None = None,
         extra_params: dict[str, Any] | None = None,
         key_columns: list[str] | None = None,
         children: list[dict[str, str]] | None = None,
         discover_children: bool = False,
         archive: dict[str, str] | None = None,
-        archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+        archive_row_transform: RowTransform | None = None,
         audit_table: str | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_batch_size: int = DEFAULT_MIN_BATCH_SIZE,
@@ -145,6 +171,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.table = table
         self.timestamp_column = timestamp_column
+        self.timezone = timezone
+        self.naive_is_utc = naive_is_utc
         self.retention_days = retention_days
         self.extra_predicate = extra_predicate
         self.extra_params = extra_params
@@ -220,6 +248,10 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                 f"{self.table}: a rule needs a timestamp_column; refusing a delete without a time predicate"
             )
         pg_catalog.check_identifier(self.timestamp_column, field="timestamp_column")
+        if self.timezone is not None:
+            check_timezone(self.timezone)
+            if self.naive_is_utc:
+                raise LifecycleConfigError(f"{self.table}: give timezone or naive_is_utc, not both")
         if self.audit_table is not None:
             pg_catalog.parse_table_name(self.audit_table, field="audit_table")
         if self.extra_predicate is not None:
@@ -297,7 +329,21 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                 "summary",
             ):
                 pg_catalog.require_column(conn, audit, col, field=f"audit_table column {col}")
-        where = sql.SQL("{} < %(lc_cutoff)s").format(ts.ident)
+        if ts.is_naive_timestamp:
+            zone = self.timezone or ("UTC" if self.naive_is_utc else None)
+            if zone is None:
+                raise LifecycleConfigError(
+                    f"timestamp_column={ts.name!r}: {table.qualified}.{ts.name} is {ts.type_name}, a time"
+                    " without a zone; declare the zone its values are in (timezone: Europe/Berlin) or"
+                    " naive_is_utc: true"
+                )
+            # The cutoff as a wall-clock time in the column's zone: the index on the column is used.
+            where = sql.SQL("{} < (%(lc_cutoff)s::timestamptz AT TIME ZONE %(lc_zone)s::text)").format(
+                ts.ident
+            )
+            extra_params = {**extra_params, "lc_zone": zone}
+        else:
+            where = sql.SQL("{} < %(lc_cutoff)s").format(ts.ident)
         if self.extra_predicate:
             where = sql.SQL("{} AND ({})").format(where, sql.SQL(self.extra_predicate))
         plan = DeletePlan(

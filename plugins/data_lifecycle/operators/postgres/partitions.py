@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from data_lifecycle import pg_catalog
 from data_lifecycle.archive import (
     ArchiveConfig,
+    RowTransform,
     S3ArchiveWriter,
     partition_key,
 )
@@ -28,6 +29,18 @@ from data_lifecycle.operators.postgres.base import (
     scalar,
     set_config,
 )
+from data_lifecycle.operators.postgres.intervals import (
+    INTERVALS,
+    LABEL_FORMATS,
+    MAX_SUFFIX_LENGTH,
+    SUFFIX_FORMATS,
+    add_months,
+    bounded,
+    infer_interval,
+    next_period,
+    period_start,
+    uncovered,
+)
 from data_lifecycle.pg_catalog import Column, Partition, TableRef
 from data_lifecycle.rendered import as_bool
 
@@ -39,10 +52,11 @@ DEFAULT_MONTHS_AHEAD = 3
 MAX_MONTHS_AHEAD = 36
 DEFAULT_DDL_LOCK_TIMEOUT_SECONDS = 5.0
 DEFAULT_ARCHIVE_CHUNK_ROWS = 50_000
+# Rows per transaction when old rows are deleted from a DEFAULT partition.
+DEFAULT_PARTITION_DELETE_BATCH = 5_000
 # COMMENT put on a partition before it is detached, so a run interrupted between detach and drop is
 # finished by the next one (a detached table is no longer listed in pg_inherits).
 DETACH_MARKER = "data_lifecycle: detached by partition retention from {parent}"
-PARTITION_SUFFIX_LENGTH = len("_YYYY_MM")
 
 
 class PartitionRetentionMode(StrEnum):
@@ -81,6 +95,9 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
     :param archive_chunk_rows: rows per S3 object in mode ``s3``.
     :param archive_row_transform: applied to each row before it is archived (mode ``s3``), e.g. the
         erasure map's pseudonymisation of subject columns.
+    :param delete_default_rows: delete the DEFAULT partition's rows older than the cutoff, in short
+        batches (they can never go by dropping a partition); otherwise they are only counted
+        (``default_partition_old_rows`` in the summary, and a warning).
     :param dry_run: list what would be detached, change nothing. (templated)
     """
 
@@ -100,12 +117,14 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         guard_column: str | None = None,
         lock_timeout: timedelta | float = DEFAULT_DDL_LOCK_TIMEOUT_SECONDS,
         archive_chunk_rows: int = DEFAULT_ARCHIVE_CHUNK_ROWS,
-        archive_row_transform: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
+        archive_row_transform: RowTransform | None = None,
+        delete_default_rows: bool = False,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.table = table
+        self.delete_default_rows = delete_default_rows
         if (retention_days is None) == (retention_months is None):
             raise LifecycleConfigError(
                 f"{self.task_id}: give exactly one of retention_days or retention_months"
@@ -185,6 +204,9 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
                 "archived_rows": 0,
                 "kept_last": kept_last,
                 "partitions_left": len(parts) - len(expired),
+                "default_partition": None,
+                "default_partition_old_rows": 0,
+                "default_partition_deleted": 0,
                 "seconds": 0.0,
                 "dry_run": dry_run,
             }
@@ -206,6 +228,9 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
                 for part in expired:
                     self._detach(conn, parent, part, has_default, summary, mark=True)
                     self._dispose(conn, parent, part.table, cutoff, summary)
+            default = next((p for p in parts if p.is_default), None)
+            if default is not None:
+                self._default_rows(conn, default.table, guard, cutoff, summary, delete=not dry_run)
             if not summary["expired"] and not leftovers:
                 self.log.info(
                     "%s: no partition ends at or before %s; nothing to do", parent.qualified, cutoff
@@ -215,6 +240,60 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         finally:
             self._backend_pid = None
             conn.close()
+
+    def _default_rows(
+        self,
+        conn: Any,
+        default: TableRef,
+        guard: Column,
+        cutoff: datetime,
+        summary: dict[str, Any],
+        *,
+        delete: bool,
+    ) -> None:
+        """Count (and with ``delete_default_rows`` delete) the DEFAULT partition's rows older than the cutoff."""
+        from psycopg import sql
+
+        due = sql.SQL("{} < %(cutoff)s").format(guard.ident)
+        old = int(
+            scalar(
+                conn,
+                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(default.ident, due),
+                {"cutoff": cutoff},
+            )
+        )
+        summary["default_partition"] = default.qualified
+        summary["default_partition_old_rows"] = old
+        if not old:
+            return
+        if not (self.delete_default_rows and delete):
+            self.log.warning(
+                "%s: the DEFAULT partition holds %d rows older than %s; dropping partitions never removes"
+                " them (set default_partition_rows: delete in the policy to delete them)",
+                default.qualified,
+                old,
+                cutoff.isoformat(),
+            )
+            return
+        lock_timeout = as_pg_ms(
+            as_seconds(self.lock_timeout, field="lock_timeout") or DEFAULT_DDL_LOCK_TIMEOUT_SECONDS
+        )
+        batch = sql.SQL(
+            "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {n} FOR UPDATE)) AND {w}"
+        ).format(t=default.ident, w=due, n=sql.Literal(DEFAULT_PARTITION_DELETE_BATCH))
+        while True:
+            with conn.transaction():
+                set_config(conn, "lock_timeout", lock_timeout)
+                deleted = conn.execute(batch, {"cutoff": cutoff}).rowcount
+            summary["default_partition_deleted"] += deleted
+            if deleted == 0:
+                break
+        self.log.info(
+            "%s: deleted %d rows older than %s from the DEFAULT partition",
+            default.qualified,
+            summary["default_partition_deleted"],
+            cutoff.isoformat(),
+        )
 
     def _leftovers(self, conn: Any, parent: TableRef) -> list[TableRef]:
         """Tables this operator marked and detached from ``parent`` but did not finish with."""
@@ -330,7 +409,6 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
     ) -> None:
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
         from psycopg import sql
-        from psycopg.rows import dict_row
 
         config = ArchiveConfig.from_value(self.archive or {})
         writer = S3ArchiveWriter(
@@ -340,18 +418,31 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
             order = [k.ident for k in pg_catalog.key_columns(conn, table)]
         except LifecycleConfigError:
             order = [sql.Identifier(name) for name in pg_catalog.columns(conn, table)]
+        columns = list(pg_catalog.columns(conn, table).values())
         chunk = int(self.archive_chunk_rows)
         part_no = 0
-        with conn.transaction(), conn.cursor(name=f"lc_archive_{table.oid}", row_factory=dict_row) as cur:
+        # Rows as their text form (the typed archive format); restore_archive loads them back exactly.
+        with conn.transaction(), conn.cursor(name=f"lc_archive_{table.oid}") as cur:
             cur.execute(
-                sql.SQL("SELECT * FROM {} ORDER BY {}").format(table.ident, sql.SQL(", ").join(order))
+                sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
+                    # Aliased: a bare key name in ORDER BY would otherwise sort by the text column.
+                    sql.SQL(", ").join(
+                        sql.SQL("{}::text AS {}").format(c.ident, sql.Identifier(f"lc_{i}"))
+                        for i, c in enumerate(columns)
+                    ),
+                    table.ident,
+                    sql.SQL(", ").join(order),
+                )
             )
             while True:
                 rows = cur.fetchmany(chunk)
                 if not rows and part_no > 0:
                     break
+                encoder = writer.encoder(parent.qualified, [(c.name, c.type_name) for c in columns])
+                for row in rows:
+                    encoder.add(row)
                 key = partition_key(config.prefix, parent.schema, parent.name, table.name, part_no)
-                archived = writer.write(key, rows)
+                archived = writer.write(key, encoder)
                 summary["archived_files"].append(archived.key)
                 summary["archived_rows"] += archived.rows
                 self.log.info(
@@ -367,16 +458,24 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
 
 
 class PostgresPartitionPremakeOperator(PostgresLifecycleBaseOperator):
-    """Create the monthly range partitions from the run's month up to ``months_ahead`` months later.
+    """Create the missing range partitions from the run's period through ``months_ahead`` months later.
 
-    Partitions are named ``{table}_YYYY_MM`` with bounds at UTC month starts. A month whose range
-    overlaps an existing partition is skipped (already done). A month for which the DEFAULT partition
-    already holds rows cannot be created (PostgreSQL would refuse): it is skipped, reported in the
-    summary and logged as a warning; so is a DEFAULT partition holding any rows.
+    The interval (daily, weekly, monthly or yearly) is ``interval`` if given, else inferred from the
+    existing partitions' bounds (monthly when there are none). Daily and weekly partitions follow
+    the existing grid. Exactly the ranges no partition covers, from the start of the run's period
+    up to the end of the month ``months_ahead`` months after the run's month, are created, named
+    ``{table}_YYYY_MM_DD`` (daily, weekly), ``{table}_YYYY_MM`` (monthly) or ``{table}_YYYY``
+    (yearly). Ranges missing in the past (between the oldest partition and the run's period) are
+    not created but reported as ``past_gaps``: inserts of rows for them fail (or land in DEFAULT).
+
+    A range for which the DEFAULT partition already holds rows cannot be created (PostgreSQL would
+    refuse): it is skipped, reported in the summary and logged as a warning; so is a DEFAULT
+    partition holding any rows.
 
     :param table: the partitioned parent, ``"schema.table"``.
     :param postgres_conn_id: the Airflow connection to PostgreSQL.
     :param months_ahead: future months kept ready after the current one. (templated)
+    :param interval: ``"daily"``, ``"weekly"``, ``"monthly"`` or ``"yearly"``; None to infer it.
     :param lock_timeout: lock timeout for each CREATE (seconds or timedelta).
     :param dry_run: list the partitions that would be created, change nothing. (templated)
     """
@@ -390,6 +489,7 @@ class PostgresPartitionPremakeOperator(PostgresLifecycleBaseOperator):
         table: str,
         postgres_conn_id: str = DEFAULT_POSTGRES_CONN_ID,
         months_ahead: int | str = DEFAULT_MONTHS_AHEAD,
+        interval: str | None = None,
         lock_timeout: timedelta | float = DEFAULT_DDL_LOCK_TIMEOUT_SECONDS,
         dry_run: bool | str = False,
         **kwargs: Any,
@@ -397,17 +497,18 @@ class PostgresPartitionPremakeOperator(PostgresLifecycleBaseOperator):
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
         self.table = table
         self.months_ahead = months_ahead
+        self.interval = interval
         self.lock_timeout = lock_timeout
         # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         _, name = pg_catalog.parse_table_name(table)
-        if len(name) + PARTITION_SUFFIX_LENGTH > pg_catalog.MAX_IDENTIFIER_LENGTH:
-            raise LifecycleConfigError(f"{table}: the name is too long to add a _YYYY_MM suffix")
+        if interval is not None and interval not in INTERVALS:
+            raise LifecycleConfigError(f"interval={interval!r} is not one of {list(INTERVALS)}")
+        if len(name) + MAX_SUFFIX_LENGTH > pg_catalog.MAX_IDENTIFIER_LENGTH:
+            raise LifecycleConfigError(f"{table}: the name is too long to add a _YYYY_MM_DD suffix")
         as_seconds(lock_timeout, field="lock_timeout")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from psycopg import sql
-
         started = time.monotonic()
         months = as_positive_int(self.months_ahead, field="months_ahead", minimum=0)
         assert months is not None
@@ -415,112 +516,144 @@ class PostgresPartitionPremakeOperator(PostgresLifecycleBaseOperator):
             raise LifecycleConfigError(f"months_ahead={months} is above the limit of {MAX_MONTHS_AHEAD}")
         dry_run = as_bool(self.dry_run, field="dry_run")
         anchor = run_anchor(context)
-        lock_timeout = as_pg_ms(
-            as_seconds(self.lock_timeout, field="lock_timeout") or DEFAULT_DDL_LOCK_TIMEOUT_SECONDS
-        )
         conn = self._connect()
         try:
             parent = pg_catalog.resolve_table(conn, self.table)
             key = pg_catalog.range_partition_key(conn, parent)
             parts = pg_catalog.partitions(conn, parent)
+            interval = self.interval or infer_interval(parts, table=parent.qualified) or "monthly"
+            grid = bounded(parts)
+            origin = grid[-1].lower if grid else None
             default = next((p for p in parts if p.is_default), None)
-            default_rows = 0
-            if default is not None:
-                default_rows = scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(default.table.ident))
-                if default_rows:
-                    self.log.warning(
-                        "%s: the DEFAULT partition %s holds %d rows; move them into real partitions",
-                        parent.qualified,
-                        default.table.qualified,
-                        default_rows,
-                    )
+            default_rows = self._default_rows(conn, parent, default)
+            first = period_start(anchor, interval, origin)
+            horizon = add_months(datetime(anchor.year, anchor.month, 1, tzinfo=UTC), months + 1)
             summary: dict[str, Any] = {
                 "table": parent.qualified,
                 "anchor": anchor.isoformat(),
                 "months_ahead": months,
+                "interval": interval,
+                "interval_declared": self.interval is not None,
                 "created": [],
                 "existing": [],
                 "blocked_by_default": [],
+                "past_gaps": [],
                 "default_partition": default.table.qualified if default else None,
                 "default_partition_rows": int(default_rows),
                 "seconds": 0.0,
                 "dry_run": dry_run,
             }
-            start = datetime(anchor.year, anchor.month, 1, tzinfo=UTC)
-            for i in range(months + 1):
-                lower, upper = _add_months(start, i), _add_months(start, i + 1)
-                name = f"{parent.name}_{lower:%Y_%m}"
-                if any(_overlaps(p, lower, upper) for p in parts):
-                    summary["existing"].append(f"{lower:%Y-%m}")
-                    continue
-                if default is not None and default_rows:
-                    blocking = scalar(
-                        conn,
-                        sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s AND {} < %s").format(
-                            default.table.ident, key.ident, key.ident
-                        ),
-                        (lower, upper),
+            if grid and grid[0].lower is not None and grid[0].lower < first:
+                gaps = uncovered(grid[0].lower, first, parts)
+                summary["past_gaps"] = [[lo.isoformat(), hi.isoformat()] for lo, hi in gaps]
+                if gaps:
+                    self.log.warning(
+                        "%s: no partition covers %d past range(s); rows for them cannot be inserted: %s",
+                        parent.qualified,
+                        len(gaps),
+                        summary["past_gaps"][:10],
                     )
-                    if blocking:
-                        self.log.warning(
-                            "%s: cannot create %s: the DEFAULT partition holds %d rows in [%s, %s)",
-                            parent.qualified,
-                            name,
-                            blocking,
-                            lower.date(),
-                            upper.date(),
-                        )
-                        summary["blocked_by_default"].append(f"{lower:%Y-%m}")
-                        continue
-                clash = conn.execute(
-                    "SELECT 1 FROM pg_class WHERE relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = %s)"
-                    " AND relname = %s",
-                    (parent.oid, name),
-                ).fetchone()
-                if clash:
-                    raise LifecycleConfigError(
-                        f"{parent.schema}.{name} exists but is not a partition of {parent.qualified}"
+            lower = first
+            while lower < horizon:
+                upper = next_period(lower, interval)
+                missing = uncovered(lower, upper, parts)
+                if not missing:
+                    summary["existing"].append(f"{lower:{LABEL_FORMATS[interval]}}")
+                for lo, hi in missing:
+                    # A piece of a period (next to a partition of another width) is named by its day.
+                    fmt = SUFFIX_FORMATS["daily" if (lo, hi) != (lower, upper) else interval]
+                    self._create(
+                        conn, parent, key, default, default_rows, f"{parent.name}_{lo:{fmt}}", lo, hi, summary
                     )
-                if dry_run:
-                    self.log.info("Dry run: would create %s.%s [%s, %s)", parent.schema, name, lower, upper)
-                    summary["created"].append(f"{parent.schema}.{name}")
-                    continue
-                with conn.transaction():
-                    set_config(conn, "lock_timeout", lock_timeout)
-                    conn.execute(
-                        sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
-                            sql.Identifier(parent.schema, name),
-                            parent.ident,
-                            sql.Literal(_bound_literal(lower, key)),
-                            sql.Literal(_bound_literal(upper, key)),
-                        )
-                    )
-                summary["created"].append(f"{parent.schema}.{name}")
-                self.log.info("Created %s.%s for [%s, %s)", parent.schema, name, lower.date(), upper.date())
+                lower = upper
             summary["seconds"] = round(time.monotonic() - started, 3)
             return summary
         finally:
             self._backend_pid = None
             conn.close()
 
+    def _default_rows(self, conn: Any, parent: TableRef, default: Partition | None) -> int:
+        from psycopg import sql
 
-def _add_months(value: datetime, months: int) -> datetime:
-    index = value.year * 12 + value.month - 1 + months
-    return value.replace(year=index // 12, month=index % 12 + 1, day=1)
+        if default is None:
+            return 0
+        rows = int(scalar(conn, sql.SQL("SELECT count(*) FROM {}").format(default.table.ident)))
+        if rows:
+            self.log.warning(
+                "%s: the DEFAULT partition %s holds %d rows; move them into real partitions",
+                parent.qualified,
+                default.table.qualified,
+                rows,
+            )
+        return rows
 
+    def _create(  # noqa: PLR0917
+        self,
+        conn: Any,
+        parent: TableRef,
+        key: Column,
+        default: Partition | None,
+        default_rows: int,
+        name: str,
+        lower: datetime,
+        upper: datetime,
+        summary: dict[str, Any],
+    ) -> None:
+        from psycopg import sql
 
-def _overlaps(part: Partition, lower: datetime, upper: datetime) -> bool:
-    if part.is_default:
-        return False
-    starts_before_upper = part.lower is None or part.lower < upper
-    ends_after_lower = part.upper is None or part.upper > lower
-    return starts_before_upper and ends_after_lower
+        if default is not None and default_rows:
+            blocking = scalar(
+                conn,
+                sql.SQL("SELECT count(*) FROM {} WHERE {} >= %s AND {} < %s").format(
+                    default.table.ident, key.ident, key.ident
+                ),
+                (lower, upper),
+            )
+            if blocking:
+                self.log.warning(
+                    "%s: cannot create %s: the DEFAULT partition holds %d rows in [%s, %s)",
+                    parent.qualified,
+                    name,
+                    blocking,
+                    lower,
+                    upper,
+                )
+                summary["blocked_by_default"].append(f"{lower:{LABEL_FORMATS[summary['interval']]}}")
+                return
+        clash = conn.execute(
+            "SELECT 1 FROM pg_class WHERE relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = %s)"
+            " AND relname = %s",
+            (parent.oid, name),
+        ).fetchone()
+        if clash:
+            raise LifecycleConfigError(
+                f"{parent.schema}.{name} exists but is not a partition of {parent.qualified}"
+            )
+        if summary["dry_run"]:
+            self.log.info("Dry run: would create %s.%s [%s, %s)", parent.schema, name, lower, upper)
+            summary["created"].append(f"{parent.schema}.{name}")
+            return
+        lock_timeout = as_pg_ms(
+            as_seconds(self.lock_timeout, field="lock_timeout") or DEFAULT_DDL_LOCK_TIMEOUT_SECONDS
+        )
+        with conn.transaction():
+            set_config(conn, "lock_timeout", lock_timeout)
+            conn.execute(
+                sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+                    sql.Identifier(parent.schema, name),
+                    parent.ident,
+                    sql.Literal(_bound_literal(lower, key)),
+                    sql.Literal(_bound_literal(upper, key)),
+                )
+            )
+        summary["created"].append(f"{parent.schema}.{name}")
+        self.log.info("Created %s.%s for [%s, %s)", parent.schema, name, lower, upper)
 
 
 def _bound_literal(value: datetime, key: Column) -> str:
     """A partition bound literal in the key column's own type (UTC for timestamptz)."""
-    if key.type_name == "date":
+    if key.type_oid == pg_catalog.DATE_OID:
         return value.date().isoformat()
-    if key.type_name == "timestamp without time zone":
+    if key.type_oid == pg_catalog.TIMESTAMP_OID:
         return value.replace(tzinfo=None).isoformat(sep=" ")
     return value.isoformat(sep=" ")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from data_lifecycle import pg_catalog
@@ -12,9 +13,11 @@ from data_lifecycle.exceptions import (
     LifecycleConfigError,
 )
 from data_lifecycle.operators.postgres.base import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
     DEFAULT_POSTGRES_CONN_ID,
     PostgresLifecycleBaseOperator,
     as_positive_int,
+    as_seconds,
 )
 from data_lifecycle.pg_catalog import TableRef
 from data_lifecycle.rendered import as_bool
@@ -31,6 +34,11 @@ BUFFER_USAGE_LIMIT_MIN_VERSION = 160_000
 # pg_stat_force_next_flush() exists from PostgreSQL 15.
 FORCE_FLUSH_MIN_VERSION = 150_000
 _BUFFER_LIMIT_RE = re.compile(r"\d+\s*(kB|MB|GB)?")
+# Why VACUUM skipped a table, from its WARNING: a lock it could not take at once (SKIP_LOCKED), or
+# a privilege the login lacks ("only table or database owner can vacuum it" up to PostgreSQL 15,
+# "permission denied to vacuum ..." from 16).
+SKIP_LOCKED_NOTICE = "lock not available"
+SKIP_PERMISSION_NOTICES = ("only superuser", "only table or database owner", "permission denied")
 
 
 class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
@@ -43,6 +51,11 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
     and ``allow_full=True``. Reports dead tuples and size before and after each table, and tables
     whose ``autovacuum_enabled`` is off.
 
+    Every statement runs under ``lock_timeout``: a table another session holds locked (even the
+    statistics read before the VACUUM) is reported as ``skipped: "locked"`` instead of waiting;
+    one the login may not vacuum is reported as ``skipped: "permission_denied"``. Neither counts
+    as vacuumed.
+
     :param postgres_conn_id: the Airflow connection to PostgreSQL.
     :param tables: ``"schema.table"`` names vacuumed whatever their dead tuples. (templated)
     :param schemas: schemas whose tables are picked by the dead-tuple formula (default ``["public"]``
@@ -52,6 +65,7 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
     :param buffer_usage_limit: ring buffer size on PostgreSQL 16+, e.g. ``"256MB"``; None for the default.
     :param full: run VACUUM FULL (needs ``allow_full``).
     :param allow_full: the explicit permission for ``full``.
+    :param lock_timeout: how long any statement may wait for a lock (seconds or timedelta).
     :param dry_run: list the candidates, vacuum nothing. (templated)
     """
 
@@ -69,6 +83,7 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
         buffer_usage_limit: str | None = DEFAULT_BUFFER_USAGE_LIMIT,
         full: bool = False,
         allow_full: bool = False,
+        lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT_SECONDS,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
@@ -80,6 +95,8 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
         self.buffer_usage_limit = buffer_usage_limit
         self.full = full
         self.allow_full = allow_full
+        self.lock_timeout = lock_timeout
+        as_seconds(lock_timeout, field="lock_timeout")
         # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         if full and not allow_full:
@@ -140,6 +157,10 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
                     skipped_autovacuum.append(table.qualified)
                     continue
                 before = self._stats(conn, table)
+                if before is None:
+                    self.log.warning("Skipping %s: locked by another session", table.qualified)
+                    reports.append({"table": table.qualified, "skipped": "locked"})
+                    continue
                 report: dict[str, Any] = {
                     "table": table.qualified,
                     "dead_tuples_before": before[0],
@@ -153,34 +174,43 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
                 t0 = time.monotonic()
                 conn.execute(sql.SQL("VACUUM ({}) {}").format(sql.SQL(", ").join(options), table.ident))
                 took = time.monotonic() - t0
+                skipped = _skip_reason(notices)
                 if version >= FORCE_FLUSH_MIN_VERSION:
                     conn.execute("SELECT pg_stat_force_next_flush()")
                 conn.execute("SELECT pg_stat_clear_snapshot()")
-                after = self._stats(conn, table)
-                lock_skipped = any("skipping" in n.lower() for n in notices)
+                after = self._stats(conn, table) or (None, None)
                 report.update(
                     {
                         "dead_tuples_after": after[0],
                         "size_after": after[1],
                         "full": full,
                         "seconds": round(took, 3),
-                        "skipped_locked": lock_skipped,
+                        "skipped": skipped,
+                        "skipped_locked": skipped == "locked",
                     }
                 )
                 reports.append(report)
+                if skipped:
+                    self.log.warning("Skipped %s: %s", table.qualified, skipped.replace("_", " "))
+                    continue
                 self.log.info(
-                    "Vacuumed %s in %.2fs: dead tuples %d -> %d, size %d -> %d bytes%s",
+                    "Vacuumed %s in %.2fs: dead tuples %s -> %s, size %s -> %s bytes",
                     table.qualified,
                     took,
                     before[0],
                     after[0],
                     before[1],
                     after[1],
-                    " (skipped: locked)" if lock_skipped else "",
                 )
             return {
                 "tables": reports,
-                "vacuumed": 0 if dry_run else sum(1 for r in reports if not r.get("skipped_locked")),
+                "vacuumed": 0
+                if dry_run
+                else sum(1 for r in reports if "size_after" in r and not r["skipped"]),
+                "skipped_locked": [r["table"] for r in reports if r.get("skipped") == "locked"],
+                "skipped_permission_denied": [
+                    r["table"] for r in reports if r.get("skipped") == "permission_denied"
+                ],
                 "skipped_autovacuum_running": skipped_autovacuum,
                 "autovacuum_disabled": disabled,
                 "seconds": round(time.monotonic() - started, 3),
@@ -214,14 +244,34 @@ class PostgresVacuumAnalyzeOperator(PostgresLifecycleBaseOperator):
         return [pg_catalog.table_by_oid(conn, int(r[0])) for r in rows], schemas
 
     @staticmethod
-    def _stats(conn: Any, table: TableRef) -> tuple[int, int]:
-        """Dead tuples and table size, summed over leaf partitions for a partitioned table."""
-        row = conn.execute(
-            """
+    def _stats(conn: Any, table: TableRef) -> tuple[int, int] | None:
+        """Dead tuples and table size, summed over leaf partitions; None when the table is locked.
+
+        ``pg_table_size`` takes a share lock: behind another session's ACCESS EXCLUSIVE lock it
+        waits until the session's lock_timeout, which is reported as a skip, not an error.
+        """
+        from psycopg.errors import LockNotAvailable
+
+        try:
+            row = conn.execute(
+                """
             SELECT coalesce(sum(s.n_dead_tup), 0), coalesce(sum(pg_table_size(c.oid)), 0)
             FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
             WHERE c.oid = %s OR c.oid IN (SELECT relid FROM pg_partition_tree(%s::oid::regclass) WHERE isleaf)
             """,
-            (table.oid, table.oid),
-        ).fetchone()
+                (table.oid, table.oid),
+            ).fetchone()
+        except LockNotAvailable:
+            return None
         return int(row[0]), int(row[1])
+
+
+def _skip_reason(notices: list[str]) -> str | None:
+    """``"locked"`` or ``"permission_denied"`` when VACUUM's warnings say it skipped the table."""
+    for notice in notices:
+        text = notice.lower()
+        if SKIP_LOCKED_NOTICE in text:
+            return "locked"
+        if "skipping" in text and any(p in text for p in SKIP_PERMISSION_NOTICES):
+            return "permission_denied"
+    return None
