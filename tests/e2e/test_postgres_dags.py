@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from datetime import timedelta
 
+from data_lifecycle.archive import read_archive_rows
 from tests.e2e.conftest import ANCHOR, count, run_dag
 
 SESSIONS_DUE = "SELECT count(*) FROM app.sessions WHERE expires_at < %s"
@@ -67,8 +66,7 @@ class TestArchiveAppLogs:
         keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         assert keys
         for key in keys:
-            body = gzip.decompress(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
-            archived_ids |= {json.loads(line)["id"] for line in body.splitlines() if line}
+            archived_ids |= {int(row["id"]) for row in read_archive_rows(s3_client, bucket, key)}
         assert archived_ids == due_ids
 
         rules = s3_client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
