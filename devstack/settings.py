@@ -26,7 +26,7 @@ S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", DEFAULT_PORTS["s3"]))
 SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", DEFAULT_PORTS["slack"]))
 HOST = "127.0.0.1"
 # The Airflow UI/API server of `make airflow`; LIFECYCLE_AIRFLOW_PORT moves it like the others.
-AIRFLOW_PORT = int(os.environ.get("LIFECYCLE_AIRFLOW_PORT", 8080))
+AIRFLOW_PORT = int(os.environ.get("LIFECYCLE_AIRFLOW_PORT", "8080"))
 
 POSTGRES_USER = "lifecycle"
 DEMO_DATABASE = "dreamseed"
