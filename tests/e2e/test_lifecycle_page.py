@@ -192,6 +192,8 @@ def api_server(estate, tmp_path_factory) -> Iterator[str]:
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium (packages-dev.txt)")
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -293,12 +295,11 @@ def test_page_shows_the_audit_figures_with_drawn_charts_and_a_clean_console(api_
         assert row.locator('[data-field="state"]').get_attribute("data-value") == "success", task_id
         assert int(row.locator('[data-field="removed"]').get_attribute("data-value")) == n, task_id
 
+    assert problems == []
     for chart in ("removals", "s3-bytes", "pg-bytes", "forecast"):
         svg = page.locator(f'svg[data-chart="{chart}"]')
         assert svg.count() == 1, chart
         assert svg.locator("rect[data-value], circle[data-value], polyline").count() > 0, chart
         box = svg.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 50, chart
-
-    assert problems == []
     context.close()
