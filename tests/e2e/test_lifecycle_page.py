@@ -193,7 +193,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium (packages-dev.txt)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: `make system-deps` installs Debian's chromium (packages-dev.txt)"
+        )
     with sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
@@ -279,6 +281,18 @@ def test_page_shows_the_audit_figures_with_drawn_charts_and_a_clean_console(api_
         "SELECT sum(bytes) FROM app.s3_inventory WHERE snapshot_date = (SELECT max(snapshot_date) FROM app.s3_inventory)",
     )
     assert shown("s3_bytes_now") == stored
+    from data_lifecycle.pricing import monthly_cost, monthly_saving
+
+    changes = _db(estate, "SELECT action, storage_class, to_class, bytes FROM app.cleanup_s3_bytes")
+    saving = sum(
+        monthly_cost({cls: n}) if action == "removed" else monthly_saving(n, cls, to)
+        for action, cls, to, n in changes
+    )
+    assert float(
+        page.locator('[data-metric="saving_per_month"]').get_attribute("data-value")
+    ) == pytest.approx(saving)
+    assert saving > 0
+    assert float(page.locator('[data-metric="forecast_12_months"]').get_attribute("data-value")) > 0
     assert shown("erasure_open_count") == 1
     assert page.locator('[data-request="REQ-page-0001"]').count() == 1
     assert "b" * 16 not in page.content()  # no subject hash reaches the page

@@ -47,6 +47,8 @@ def overview() -> dict[str, Any]:
         removals = queries.removals_per_day(conn, now)
         pg_bytes = queries.postgres_bytes(conn)
         s3 = queries.s3_bytes(conn, now)
+        inventory = queries.latest_inventory(conn)
+        changes = queries.s3_changes_by_day(conn)
     with _connect(ledger_conn_id) as conn:
         erasure = queries.erasure_requests(conn, smap.ledger_table, smap.deadline_days, now)
     return {
@@ -55,7 +57,7 @@ def overview() -> dict[str, Any]:
         "removals": removals,
         "postgres": pg_bytes,
         "s3": s3,
-        "cost": costs.cost_summary(s3, policy),
+        "cost": costs.cost_summary(inventory, changes, policy, now.date()),
         "erasure": erasure,
     }
 

@@ -59,6 +59,14 @@ _INVENTORY = """
 SELECT snapshot_date, storage_class, sum(objects)::bigint, sum(bytes)::bigint
 FROM app.s3_inventory WHERE snapshot_date >= %s GROUP BY 1, 2 ORDER BY 1, 2
 """
+_INVENTORY_GROUPS = """
+SELECT snapshot_date, bucket, prefix, storage_class, age_histogram FROM app.s3_inventory
+WHERE snapshot_date = (SELECT max(snapshot_date) FROM app.s3_inventory) ORDER BY 2, 3, 4
+"""
+_S3_CHANGES_BY_DAY = """
+SELECT recorded_at::date, action, storage_class, to_class, sum(bytes)::bigint
+FROM app.cleanup_s3_bytes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
 _INVENTORY_BUCKETS = """
 SELECT bucket, storage_class, sum(objects)::bigint, sum(bytes)::bigint FROM app.s3_inventory
 WHERE snapshot_date = (SELECT max(snapshot_date) FROM app.s3_inventory) GROUP BY 1, 2 ORDER BY 1, 2
@@ -205,6 +213,22 @@ def s3_bytes(conn: Any, now: datetime) -> dict[str, Any]:
         "removed_total": sum(c["bytes"] for c in changes if c["action"] == "removed"),
         "moved_total": sum(c["bytes"] for c in changes if c["action"] == "moved"),
     }
+
+
+def latest_inventory(conn: Any) -> list[dict[str, Any]]:
+    """The newest inventory day, per bucket, prefix and class, with its age histogram."""
+    return [
+        {"date": r[0], "bucket": r[1], "prefix": r[2], "storage_class": r[3], "age_histogram": r[4]}
+        for r in conn.execute(_INVENTORY_GROUPS).fetchall()
+    ]
+
+
+def s3_changes_by_day(conn: Any) -> list[dict[str, Any]]:
+    """Bytes removed or moved per day, action and class, for what the cleanups saved."""
+    return [
+        {"day": r[0], "action": r[1], "storage_class": r[2], "to_class": r[3], "bytes": int(r[4])}
+        for r in conn.execute(_S3_CHANGES_BY_DAY).fetchall()
+    ]
 
 
 def erasure_requests(conn: Any, table: str, deadline_days: int, now: datetime) -> dict[str, Any]:
