@@ -317,3 +317,27 @@ def test_page_shows_the_audit_figures_with_drawn_charts_and_a_clean_console(api_
         box = svg.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 50, chart
     context.close()
+
+
+def test_the_page_opens_inside_the_airflow_ui(api_server, browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.add_cookies([{"name": "_token", "value": api_server, "url": f"http://127.0.0.1:{API_PORT}/"}])
+    page = context.new_page()
+    page.goto(f"{BASE}/plugin/data-lifecycle")
+    deadline = time.monotonic() + 20
+    frames: list[str] = []
+    while time.monotonic() < deadline:
+        frames = [f.url for f in page.frames]
+        ready = [
+            f
+            for f in page.frames
+            if f.url.endswith("/data-lifecycle/") and f.locator("body[data-ready=true]").count()
+        ]
+        if ready:
+            break
+        page.wait_for_timeout(250)
+    else:
+        pytest.fail(f"the page did not load inside the UI; frames: {frames}")
+    assert ready[0].url == PAGE, frames
+    page.screenshot(path=str(PATHS.local / "lifecycle_page_in_airflow.png"))
+    context.close()

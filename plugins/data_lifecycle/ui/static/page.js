@@ -157,8 +157,8 @@ function render(data) {
     kpi("s3_bytes_moved", "S3 bytes archived", s3.moved_total, fmtBytes(s3.moved_total), "copied colder, verified, deleted"),
     kpi("s3_bytes_now", "S3 stored now", storedNow, fmtBytes(storedNow), s3.latest_date ? "inventory of " + s3.latest_date : "no inventory yet"),
     kpi("cost_monthly_now", "Storage cost per month", cost.monthly_now_usd, fmtUsd(cost.monthly_now_usd), `S3, ${cost.region} list prices`),
-    kpi("saving_per_month", "Saved per month", cost.saving_per_month_usd, fmtUsd(cost.saving_per_month_usd), `by what was removed or archived; ${fmtUsd(cost.saved_to_date_usd)} to date`),
-    kpi("forecast_12_months", "Next 12 months", cost.forecast ? cost.forecast.total_with_rules_usd : 0, cost.forecast ? fmtUsd(cost.forecast.total_with_rules_usd) : "—", cost.forecast ? `with the rules; ${fmtUsd(cost.forecast.saving_12_months_usd)} less than without` : "needs an inventory"),
+    kpi("saving_per_month", "Saved per month", cost.saving_per_month_usd, fmtUsd(cost.saving_per_month_usd), `${fmtUsd(cost.saved_to_date_usd)} saved to date`),
+    kpi("forecast_12_months", "Next 12 months", cost.forecast ? cost.forecast.total_with_rules_usd : 0, cost.forecast ? fmtUsd(cost.forecast.total_with_rules_usd) : "—", cost.forecast ? `with the rules; saves ${fmtUsd(cost.forecast.saving_12_months_usd)}` : "needs an inventory"),
     kpi("erasure_open", "Open erasure requests", erasure.open, fmtInt(erasure.open), erasure.overdue ? erasure.overdue + " past the deadline" : "none overdue", erasure.overdue > 0),
   ];
   document.getElementById("kpis").replaceChildren(...kpis);
