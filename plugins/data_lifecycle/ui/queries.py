@@ -46,14 +46,20 @@ SELECT day, kind, sum(n)::bigint FROM (
     ORDER BY dag_id, task_id, run_id, recorded_at DESC
 ) runs GROUP BY day, kind ORDER BY day
 """.replace("{unit}", _UNIT).replace("{removed}", _REMOVED)
+# A rerun of a run's summary records the same task again: the newest row per run and task counts.
 _TABLE_BYTES = """
 SELECT table_name, count(*), coalesce(sum(greatest(bytes_before - bytes_after, 0)), 0)::bigint,
        (array_agg(bytes_after ORDER BY recorded_at DESC))[1]
-FROM app.cleanup_table_sizes GROUP BY table_name ORDER BY table_name
+FROM (SELECT DISTINCT ON (dag_id, run_id, task_id, table_name) * FROM app.cleanup_table_sizes
+      ORDER BY dag_id, run_id, task_id, table_name, recorded_at DESC) runs
+GROUP BY table_name ORDER BY table_name
 """
-_S3_MOVED = """
+_S3_RUNS = """(SELECT DISTINCT ON (dag_id, run_id, task_id, action, storage_class, to_class) *
+      FROM app.cleanup_s3_bytes
+      ORDER BY dag_id, run_id, task_id, action, storage_class, to_class, recorded_at DESC) runs"""
+_S3_MOVED = f"""
 SELECT action, storage_class, coalesce(to_class, ''), sum(bytes)::bigint
-FROM app.cleanup_s3_bytes GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+FROM {_S3_RUNS} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
 """
 _INVENTORY = """
 SELECT snapshot_date, storage_class, sum(objects)::bigint, sum(bytes)::bigint
@@ -63,9 +69,9 @@ _INVENTORY_GROUPS = """
 SELECT snapshot_date, bucket, prefix, storage_class, age_histogram FROM app.s3_inventory
 WHERE snapshot_date = (SELECT max(snapshot_date) FROM app.s3_inventory) ORDER BY 2, 3, 4
 """
-_S3_CHANGES_BY_DAY = """
+_S3_CHANGES_BY_DAY = f"""
 SELECT recorded_at::date, action, storage_class, to_class, sum(bytes)::bigint
-FROM app.cleanup_s3_bytes GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+FROM {_S3_RUNS} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
 """
 _INVENTORY_BUCKETS = """
 SELECT bucket, storage_class, sum(objects)::bigint, sum(bytes)::bigint FROM app.s3_inventory
