@@ -113,6 +113,9 @@ BEGIN
         GRANT SELECT (request_id, status, dry_run, requested_at, recorded_at) ON app.erasure_ledger
             TO lifecycle_report;
     END IF;
+    IF to_regclass('app.erasure_requests') IS NOT NULL THEN
+        GRANT SELECT (request_id, requested_at) ON app.erasure_requests TO lifecycle_report;
+    END IF;
 END;
 $$;
 

@@ -88,7 +88,7 @@ def estate(lifecycle_env, dagbag, local_stack, s3_client, tmp_path_factory) -> I
     from psycopg import sql
 
     from include.dreamseed.generate import load_postgres
-    from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+    from tests.conftest import LEDGER_SQL, TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
     from tests.e2e.conftest import E2E_SIZES, DemoS3
 
     _ensure_template()
@@ -103,9 +103,15 @@ def estate(lifecycle_env, dagbag, local_stack, s3_client, tmp_path_factory) -> I
             )
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
-    saved = os.environ.get("AIRFLOW_CONN_LIFECYCLE_POSTGRES")
-    conn_json = json.loads(saved or "{}") | {"schema": name}
-    os.environ["AIRFLOW_CONN_LIFECYCLE_POSTGRES"] = json.dumps(conn_json)
+    ledger = f"l_{uuid.uuid4().hex[:12]}"
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(ledger)))
+    with admin_connect(ledger) as conn:
+        conn.execute(LEDGER_SQL.read_text())
+    saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_LIFECYCLE_POSTGRES", "AIRFLOW_CONN_ERASURE_LEDGER")}
+    conn_json = json.loads(saved["AIRFLOW_CONN_LIFECYCLE_POSTGRES"] or "{}")
+    os.environ["AIRFLOW_CONN_LIFECYCLE_POSTGRES"] = json.dumps(conn_json | {"schema": name})
+    os.environ["AIRFLOW_CONN_ERASURE_LEDGER"] = json.dumps(conn_json | {"schema": ledger})
     try:
         with admin_connect(name) as pg:
             with pg.transaction():
@@ -117,18 +123,26 @@ def estate(lifecycle_env, dagbag, local_stack, s3_client, tmp_path_factory) -> I
             for dag_id in DAGS:
                 assert run_dag(dagbag, dag_id).state == "success", dag_id
             assert run_dag(dagbag, "lifecycle_inventory").state == "success"
-            pg.execute(
+        with admin_connect(ledger) as lpg:
+            # One request started 26 days ago and not finished, one registered and never run.
+            lpg.execute(
                 "INSERT INTO app.erasure_ledger (request_id, subject_hash, status, dry_run, dag_id, run_id, requested_at)"
                 " VALUES ('REQ-page-0001', repeat('b', 64), 'started', false, 'erase_user_data', 'r', now() - interval '26 days')"
             )
+            lpg.execute(
+                "INSERT INTO app.erasure_requests (request_id, subject_hash, subject_token, requested_at)"
+                " VALUES ('REQ-page-0002', repeat('b', 64), 'sealed', now() - interval '2 days')"
+            )
         yield name
     finally:
-        if saved is None:
-            os.environ.pop("AIRFLOW_CONN_LIFECYCLE_POSTGRES", None)
-        else:
-            os.environ["AIRFLOW_CONN_LIFECYCLE_POSTGRES"] = saved
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         with psycopg.connect(**_admin_kwargs()) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            for db in (name, ledger):
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
 
 
 def _admin_kwargs() -> dict[str, Any]:
@@ -293,8 +307,10 @@ def test_page_shows_the_audit_figures_with_drawn_charts_and_a_clean_console(api_
     ) == pytest.approx(saving)
     assert saving > 0
     assert float(page.locator('[data-metric="forecast_12_months"]').get_attribute("data-value")) > 0
-    assert shown("erasure_open_count") == 1
+    assert shown("erasure_open_count") == 2
+    assert shown("erasure_due_soon") == 1  # REQ-page-0001: 4 days left of 30
     assert page.locator('[data-request="REQ-page-0001"]').count() == 1
+    assert page.locator('[data-request="REQ-page-0002"]').count() == 1
     assert "b" * 16 not in page.content()  # no subject hash reaches the page
 
     # Last run per target, as audited.

@@ -447,3 +447,25 @@ class TestErasureRunsAsTheErasureRole:
 def erasure_conf(erasure: Any) -> dict[str, Any]:
     """The trigger conf of a real erasure of the test subject: a registered request id only."""
     return {"request_id": erasure.register(), "dry_run": False}
+
+
+def test_the_report_role_reads_request_ids_in_the_ledger_database(
+    ledger_pg: psycopg.Connection[Any], ledger_database: str
+) -> None:
+    from data_lifecycle.ui import queries
+
+    ledger_pg.execute(
+        f"DO $$ BEGIN CREATE ROLE {REPORT_LOGIN} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END; $$"
+    )
+    ledger_pg.execute(f"GRANT lifecycle_report TO {REPORT_LOGIN}")
+    ledger_pg.execute(
+        "INSERT INTO app.erasure_requests (request_id, subject_hash, subject_token, requested_at)"
+        " VALUES ('REQ-9', repeat('f', 64), 'sealed', %s)",
+        (ANCHOR,),
+    )
+    with connect(ledger_database, user=REPORT_LOGIN) as conn:
+        out = queries.erasure_requests(conn, "app.erasure_ledger", 30, ANCHOR)
+        assert [(r["request_id"], r["last_status"]) for r in out["requests"]] == [("REQ-9", "registered")]
+        for column in ("subject_hash", "subject_token"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(f"SELECT {column} FROM app.erasure_requests")

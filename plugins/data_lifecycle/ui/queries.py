@@ -77,13 +77,17 @@ _INVENTORY_BUCKETS = """
 SELECT bucket, storage_class, sum(objects)::bigint, sum(bytes)::bigint FROM app.s3_inventory
 WHERE snapshot_date = (SELECT max(snapshot_date) FROM app.s3_inventory) GROUP BY 1, 2 ORDER BY 1, 2
 """
-# Open requests: no real (not dry-run) completed or noop entry yet. Ids and times only.
+# Open requests: no real (not dry-run) completed or noop entry yet, and requests registered in the
+# intake but never run. Ids and times only: the subject columns are never read.
 _OPEN_REQUESTS = """
 SELECT request_id,
        coalesce(min(requested_at), min(recorded_at) FILTER (WHERE status = 'started'), min(recorded_at)),
        (array_agg(status ORDER BY recorded_at DESC))[1]
 FROM {table} GROUP BY request_id
 HAVING NOT bool_or(status IN ('completed', 'noop') AND NOT dry_run)
+UNION ALL
+SELECT i.request_id, i.requested_at, 'registered' FROM {intake} i
+WHERE NOT EXISTS (SELECT 1 FROM {table} l WHERE l.request_id = i.request_id)
 ORDER BY 2
 """
 
@@ -241,9 +245,17 @@ def erasure_requests(conn: Any, table: str, deadline_days: int, now: datetime) -
     from psycopg import sql
 
     schema, name = table.split(".")
-    query = sql.SQL(_OPEN_REQUESTS).format(table=sql.Identifier(schema, name))
+    intake = f"{schema}.erasure_requests"  # data_lifecycle.erasure.intake.intake_table
+    query = (
+        _OPEN_REQUESTS
+        if _exists(conn, intake)
+        else _OPEN_REQUESTS.split("UNION ALL", maxsplit=1)[0] + "ORDER BY 2"
+    )
+    composed = sql.SQL(query).format(
+        table=sql.Identifier(schema, name), intake=sql.Identifier(schema, "erasure_requests")
+    )
     items = []
-    for request_id, requested, last_status in conn.execute(query).fetchall():
+    for request_id, requested, last_status in conn.execute(composed).fetchall():
         deadline = requested + timedelta(days=deadline_days)
         items.append(
             {
@@ -263,6 +275,11 @@ def erasure_requests(conn: Any, table: str, deadline_days: int, now: datetime) -
         "due_within_7_days": sum(not r["overdue"] and r["days_left"] < 7 for r in items),
         "requests": items,
     }
+
+
+def _exists(conn: Any, table: str) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
 
 
 def utcnow() -> datetime:
