@@ -16,7 +16,7 @@ WITH_ENV := set -a && . .local/env.sh && set +a &&
 help:
 	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
 	@echo "make test      ruff and mypy, then pytest against the real local stack"
-	@echo "make airflow   the Airflow UI on http://localhost:8080 over the local stack"
+	@echo "make airflow   the Airflow UI on http://localhost:8080 (LIFECYCLE_AIRFLOW_PORT) over the local stack"
 	@echo "make bench     side-by-side benchmarks (results in benchmarks/results/)"
 	@echo "make bench-scale   how cost grows with size (0.5M, 2M, 8M rows; long)"
 	@echo "make stack-up | stack-down | stack-status   the local PostgreSQL, S3 and Slack sink"

@@ -25,6 +25,8 @@ POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", DEFAULT_PORTS["postgres"
 S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", DEFAULT_PORTS["s3"]))
 SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", DEFAULT_PORTS["slack"]))
 HOST = "127.0.0.1"
+# The Airflow UI/API server of `make airflow`; LIFECYCLE_AIRFLOW_PORT moves it like the others.
+AIRFLOW_PORT = int(os.environ.get("LIFECYCLE_AIRFLOW_PORT", "8080"))
 
 POSTGRES_USER = "lifecycle"
 DEMO_DATABASE = "dreamseed"
@@ -152,7 +154,8 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
             f"postgresql+psycopg://{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{AIRFLOW_DATABASE}"
         ),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.airflow_home / "logs"),
-        "AIRFLOW__API__BASE_URL": "http://localhost:8080",
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{AIRFLOW_PORT}",
+        "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
         "LIFECYCLE_SLACK_MESSAGES": str(paths.slack_messages),
         # The local S3 endpoint for boto3 clients that are not built from a connection (benchmarks).
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -160,6 +160,9 @@ def test_the_readme_deploy_bundle_holds_no_dev_only_module(tmp_path: Path) -> No
     names = build_bundle(tmp_path)
     assert "data_lifecycle/operators/postgres/batched_delete.py" in names
     assert ".airflowignore" in names
+    # The Data Lifecycle page: the plugin module the plugin manager scans, and the page's files.
+    assert "data_lifecycle_page.py" in names
+    assert "data_lifecycle/ui/static/page.js" in names
     assert dev_only_problems(names, tmp_path / "plugins") == []
 
 

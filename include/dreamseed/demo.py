@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ RUN_ORDER = (
     "purge_soft_deleted",
     "cleanup_s3_objects",
     "apply_storage_tiers",
+    "lifecycle_inventory",
     "maintain_partitions",
     "vacuum_analyze",
     "erase_user_data",
@@ -84,6 +85,10 @@ def run_dags(anchor: datetime) -> dict[str, str]:
     order = [d for d in RUN_ORDER if d in bag.dags] + sorted(set(bag.dags) - set(RUN_ORDER))
     results: dict[str, str] = {}
     started_at = datetime.now(UTC)
+    if "lifecycle_inventory" in bag.dags:
+        # The day before: the estate as it was before this cleanup, for the page's storage chart.
+        print("--> running lifecycle_inventory the day before, as the baseline", flush=True)
+        test_run(bag.dags["lifecycle_inventory"], logical_date=anchor - timedelta(days=1))
     for dag_id in order:
         started = time.monotonic()
         print(f"--> running {dag_id} at {anchor.isoformat()}", flush=True)

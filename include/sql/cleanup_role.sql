@@ -3,6 +3,9 @@
 --
 --   lifecycle_cleanup            NOLOGIN. What the cleanup operators may do, and nothing more.
 --   lifecycle_partition_owner    NOLOGIN. Owns app.student_progress and its partitions.
+--   lifecycle_report             NOLOGIN. What the Data Lifecycle page reads: the audit and size
+--                                tables, the inventory, and the ledger's request ids and times
+--                                (never its subject columns). Grant it to the page's login.
 --   lifecycle_cleanup_login      LOGIN, member of lifecycle_cleanup: the login of the
 --                                `lifecycle_postgres` connection. No password here: set one from
 --                                the secrets backend (ALTER ROLE ... PASSWORD) or use IAM auth.
@@ -13,6 +16,8 @@
 --   app.student_progress (partitioned)      SELECT, DELETE, and ownership through
 --                                           lifecycle_partition_owner (premake, detach, drop)
 --   app.cleanup_audit                       INSERT only: no SELECT, UPDATE or DELETE
+--   app.cleanup_table_sizes, cleanup_s3_bytes  INSERT only (sizes recorded by the run summary)
+--   app.s3_inventory                        SELECT, INSERT, DELETE (a rerun replaces its day)
 --   app.erasure_ledger                      INSERT and SELECT only (its triggers refuse
 --                                           UPDATE, DELETE and TRUNCATE for everyone)
 --   catalogs and statistics                 read (pg_read_all_stats for vacuum progress)
@@ -77,14 +82,39 @@ GRANT UPDATE (id) ON app.sessions, app.app_logs, app.users TO lifecycle_cleanup;
 -- Children deleted in the same batch as their parent.
 GRANT SELECT, DELETE ON app.user_uploads, app.student_progress TO lifecycle_cleanup;
 
--- The audit table: append only.
-GRANT INSERT ON app.cleanup_audit TO lifecycle_cleanup;
+-- The audit table and the sizes the run summary records: append only.
+GRANT INSERT ON app.cleanup_audit, app.cleanup_table_sizes, app.cleanup_s3_bytes TO lifecycle_cleanup;
+-- The daily inventory: a rerun of a day deletes that day's rows of the bucket and writes them again.
+GRANT SELECT, INSERT, DELETE ON app.s3_inventory TO lifecycle_cleanup;
+
+-- The page's reader: read only, and of the ledger only what the page shows.
+DO $$
+BEGIN
+    CREATE ROLE lifecycle_report NOLOGIN;
+EXCEPTION WHEN duplicate_object THEN NULL;
+END;
+$$;
+ALTER ROLE lifecycle_report NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS;
+DO $$
+BEGIN
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO lifecycle_report', current_database());
+END;
+$$;
+REVOKE ALL ON ALL TABLES IN SCHEMA app FROM lifecycle_report;
+GRANT USAGE ON SCHEMA app TO lifecycle_report;
+GRANT SELECT ON app.cleanup_audit, app.cleanup_table_sizes, app.cleanup_s3_bytes, app.s3_inventory
+    TO lifecycle_report;
 
 -- The erasure ledger (when installed): add and read entries.
 DO $$
 BEGIN
     IF to_regclass('app.erasure_ledger') IS NOT NULL THEN
         GRANT SELECT, INSERT ON app.erasure_ledger TO lifecycle_cleanup;
+        GRANT SELECT (request_id, status, dry_run, requested_at, recorded_at) ON app.erasure_ledger
+            TO lifecycle_report;
+    END IF;
+    IF to_regclass('app.erasure_requests') IS NOT NULL THEN
+        GRANT SELECT (request_id, requested_at) ON app.erasure_requests TO lifecycle_report;
     END IF;
 END;
 $$;

@@ -79,3 +79,17 @@ $$;
 GRANT USAGE ON SCHEMA app TO lifecycle_erasure;
 REVOKE ALL ON app.erasure_ledger, app.erasure_requests FROM lifecycle_erasure;
 GRANT SELECT, INSERT ON app.erasure_ledger, app.erasure_requests TO lifecycle_erasure;
+
+-- The Data Lifecycle page's reader (see cleanup_role.sql): request ids, statuses and times only,
+-- never the subject columns. Grant it to the page's login in this database too.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'lifecycle_report') THEN
+        CREATE ROLE lifecycle_report NOLOGIN;
+    END IF;
+END;
+$$;
+GRANT USAGE ON SCHEMA app TO lifecycle_report;
+REVOKE ALL ON app.erasure_ledger, app.erasure_requests FROM lifecycle_report;
+GRANT SELECT (request_id, status, dry_run, requested_at, recorded_at) ON app.erasure_ledger TO lifecycle_report;
+GRANT SELECT (request_id, requested_at) ON app.erasure_requests TO lifecycle_report;

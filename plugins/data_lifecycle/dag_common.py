@@ -8,6 +8,7 @@ summary to Slack, and fails the run if any target failed, so a run is never gree
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ from airflow.sdk import Asset, Param, task
 
 from data_lifecycle.alerts import APPROVED_TAGS, deadline_alert, kill_switch_guard, lifecycle_default_args
 from data_lifecycle.exceptions import LifecycleConfigError
+from data_lifecycle.facts import BYTES_BEFORE_XCOM, record_bytes_before, s3_rows, write_run_facts
 from data_lifecycle.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -112,8 +114,20 @@ def lifecycle_dag_kwargs(
 
 
 def destructive(**kwargs: Any) -> dict[str, Any]:
-    """Task arguments of a task that deletes: the kill switch runs before it."""
-    return {"pre_execute": kill_switch_guard, **kwargs}
+    """Task arguments of a task that deletes: the kill switch runs before it, and a PostgreSQL task
+    measures the tables it may change (the run summary measures them again afterwards)."""
+    guard: Any = kill_switch_guard
+    if "postgres_conn_id" in kwargs and "table" in kwargs:
+        children = [c["table"] for c in kwargs.get("children") or []]
+        guard = functools.partial(
+            _guard_and_measure, conn_id=kwargs["postgres_conn_id"], tables=[*children, kwargs["table"]]
+        )
+    return {"pre_execute": guard, **kwargs}
+
+
+def _guard_and_measure(context: Any, *, conn_id: str, tables: list[str]) -> None:
+    kill_switch_guard(context)
+    record_bytes_before(context, conn_id=conn_id, tables=tables)
 
 
 def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
@@ -134,6 +148,7 @@ def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) 
         for task_id, entry in results.items():
             log.info("%s: %s %s", task_id, entry["state"], json.dumps(entry["result"], default=str))
         _write_audit(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
+        _write_facts(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
         failed = sorted(t for t, e in results.items() if e["state"] in FAILED_STATES)
         settings = policy.dag(dag_id)
         if settings.notify_success and not failed:
@@ -182,6 +197,35 @@ def _write_audit(policy: Policy, *, dag_id: str, run_id: str, results: dict[str,
             "rows_affected, summary) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)",
             rows,
         )
+
+
+def _write_facts(policy: Policy, *, dag_id: str, run_id: str, results: dict[str, Any], context: Any) -> None:
+    """Table sizes around each PostgreSQL task and S3 bytes per class of each S3 task, for the page.
+
+    Facts are a report, not the cleanup: a failure to record them is logged, never fails the run.
+    """
+    ti, dag = context["ti"], context["dag"]
+    before: dict[str, Any] = {}
+    s3: dict[str, Any] = {}
+    for task_id, entry in results.items():
+        summary = entry["result"]
+        if not isinstance(summary, dict) or summary.get("dry_run"):
+            continue
+        sizes = ti.xcom_pull(task_ids=task_id, key=BYTES_BEFORE_XCOM)
+        if isinstance(sizes, dict):
+            before[task_id] = sizes
+        rows = s3_rows(dag.get_task(task_id), summary)
+        if rows:
+            s3[task_id] = rows
+    if not before and not s3:
+        return
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    try:
+        with PostgresHook(postgres_conn_id=policy.postgres_conn_id).get_conn() as conn:
+            write_run_facts(conn, dag_id=dag_id, run_id=run_id, before=before, s3=s3)
+    except Exception:
+        log.exception("Could not record table sizes and S3 bytes of %s %s", dag_id, run_id)
 
 
 def _action(summary: dict[str, Any]) -> str:

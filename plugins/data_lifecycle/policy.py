@@ -141,6 +141,30 @@ class VacuumSettings:
 
 
 @dataclass(frozen=True)
+class InventoryReport:
+    """An S3 Inventory report (CSV) that describes ``bucket``: read instead of listing the bucket.
+
+    S3 delivers it under ``manifest_prefix`` (``<destination prefix>/<bucket>/<configuration id>/``)
+    in dated folders; the newest ``manifest.json`` there is read.
+    """
+
+    bucket: str
+    manifest_bucket: str
+    manifest_prefix: str
+
+
+@dataclass(frozen=True)
+class InventorySettings:
+    """The daily inventory of every bucket the policy names (lifecycle_inventory DAG)."""
+
+    prefix_depth: int = 1
+    reports: tuple[InventoryReport, ...] = ()
+
+    def report_for(self, bucket: str) -> InventoryReport | None:
+        return next((r for r in self.reports if r.bucket == bucket), None)
+
+
+@dataclass(frozen=True)
 class DagSettings:
     """Run behaviour of one DAG: deadline, retries, Slack success summary."""
 
@@ -167,6 +191,22 @@ class Policy:
     storage_tiers: tuple[BucketTiers, ...]
     object_archives: tuple[ObjectArchiveRule, ...]
     vacuum: VacuumSettings
+    inventory: InventorySettings = InventorySettings()
+
+    def buckets(self) -> tuple[str, ...]:
+        """Every bucket a rule of the policy names, in the order they first appear."""
+        names: list[str] = []
+        rules: tuple[TableRule | PartitionRule, ...] = (
+            *self.expired_sessions,
+            *self.app_logs,
+            *self.soft_deleted,
+            *self.partitions,
+        )
+        names += [rule.archive.bucket for rule in rules if rule.archive is not None]
+        names += [r.bucket for r in self.s3_expiry] + [t.bucket for t in self.storage_tiers]
+        for a in self.object_archives:
+            names += [a.source_bucket, a.dest_bucket]
+        return tuple(dict.fromkeys(names))
 
     def dag(self, dag_id: str) -> DagSettings:
         return self.dags.get(dag_id, self.dags.get("default", DagSettings()))
@@ -387,6 +427,26 @@ def _vacuum(raw: Any, source: str) -> VacuumSettings:
     return settings
 
 
+def _inventory(raw: Any, source: str) -> InventorySettings:
+    if raw is None:
+        return InventorySettings()
+    f = _Fields(raw, "inventory", source)
+    reports = []
+    for i, item in enumerate(f.get("reports", list, [])):
+        r = _Fields(item, f"inventory.reports[{i}]", source)
+        reports.append(
+            InventoryReport(
+                bucket=r.bucket("bucket"),
+                manifest_bucket=r.bucket("manifest_bucket"),
+                manifest_prefix=r.get("manifest_prefix", str),
+            )
+        )
+        r.done()
+    settings = InventorySettings(prefix_depth=f.positive_int("prefix_depth", 1), reports=tuple(reports))
+    f.done()
+    return settings
+
+
 def _dag_settings(raw: Any, source: str) -> dict[str, DagSettings]:
     out: dict[str, DagSettings] = {}
     raw = raw or {}
@@ -445,6 +505,7 @@ TOP_LEVEL_KEYS = (
     "storage_tiers",
     "object_archives",
     "vacuum",
+    "inventory",
 )
 
 
@@ -473,6 +534,7 @@ def parse_policy(doc: Any, source: str) -> Policy:
         storage_tiers=_tier_rules(top.get("storage_tiers", list, []), source),
         object_archives=_object_archive_rules(top.get("object_archives", list, []), source, floor),
         vacuum=_vacuum(top.get("vacuum", dict, None), source),
+        inventory=_inventory(top.get("inventory", dict, None), source),
     )
     conns.done()
     top.done()

@@ -774,6 +774,7 @@ class TestS3ExpireObjectsOperator:
             "cutoff": summary["cutoff"],
             "objects": 2,
             "bytes": 2 * len(body_of("tmp/old-1")),
+            "bytes_by_class": {"STANDARD": 2 * len(body_of("tmp/old-1"))},
             "versions": 0,
             "delete_markers": 0,
             "kept_changed": 0,

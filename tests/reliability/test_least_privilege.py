@@ -209,11 +209,80 @@ def test_the_cleanup_role_may_append_to_audit_and_ledger(
     assert pg.execute("SELECT count(*) FROM app.cleanup_audit").fetchone() == (2,)
 
 
+def test_the_cleanup_role_records_sizes_and_replaces_a_days_inventory(
+    as_cleanup_role: str, pg: psycopg.Connection[Any]
+) -> None:
+    from datetime import date
+
+    from data_lifecycle.facts import write_run_facts
+    from data_lifecycle.inventory import write_snapshot
+
+    rows = [{"prefix": "app/", "storage_class": "STANDARD", "objects": 2, "bytes": 10, "age_histogram": {}}]
+    with _as_role(as_cleanup_role) as conn:
+        write_run_facts(
+            conn,
+            dag_id="d",
+            run_id="r",
+            before={"t": {"app.sessions": 123, "app.student_progress": 456}},
+            s3={"t": [("b", "p/", "removed", "STANDARD", None, 5)]},
+        )
+        for _ in range(2):
+            write_snapshot(conn, day=date(2026, 1, 2), bucket="b", source="listing", rows=rows)
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DELETE FROM app.cleanup_table_sizes")
+    assert pg.execute("SELECT count(*) FROM app.cleanup_table_sizes").fetchone() == (2,)
+    assert pg.execute("SELECT count(*), sum(bytes) FROM app.s3_inventory").fetchone() == (1, 10)
+
+
+REPORT_LOGIN = "lifecycle_report_login"
+
+
+@pytest.fixture(scope="module")
+def report_login(role_db: tuple[str, psycopg.Connection[Any]]) -> str:
+    dbname, pg = role_db
+    pg.execute(
+        f"DO $$ BEGIN CREATE ROLE {REPORT_LOGIN} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END; $$"
+    )
+    pg.execute(f"GRANT lifecycle_report TO {REPORT_LOGIN}")
+    return dbname
+
+
+def test_the_report_role_reads_what_the_page_shows(report_login: str) -> None:
+    from data_lifecycle.ui import queries
+
+    now = ANCHOR
+    with connect(report_login, user=REPORT_LOGIN) as conn:
+        assert queries.targets(conn)[0]["dag_id"] == "d"
+        queries.removals_per_day(conn, now)
+        queries.postgres_bytes(conn)
+        queries.s3_bytes(conn, now)
+        erasure = queries.erasure_requests(conn, "app.erasure_ledger", 30, now)
+    assert erasure["open"] == 0  # REQ-1 is completed
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        pytest.param("SELECT subject_hash FROM app.erasure_ledger", id="subject-hash"),
+        pytest.param("SELECT subject_token FROM app.erasure_ledger", id="subject-token"),
+        pytest.param("SELECT * FROM app.sessions", id="estate-table"),
+        pytest.param(
+            "INSERT INTO app.s3_inventory VALUES (now(), 'b', '', 'X', 1, 1, '{}', 'listing')", id="write"
+        ),
+        pytest.param("DELETE FROM app.cleanup_audit", id="delete-audit"),
+    ],
+)
+def test_the_report_role_is_refused(statement: str, report_login: str) -> None:
+    with connect(report_login, user=REPORT_LOGIN) as conn, pytest.raises(errors.InsufficientPrivilege):
+        conn.execute(statement)
+
+
 # -- the IAM policy -------------------------------------------------------------------------------
 
 S3_CODE = [
     *sorted((ROOT / "plugins" / "data_lifecycle" / "operators" / "s3").glob("*.py")),
     ROOT / "plugins" / "data_lifecycle" / "archive.py",
+    ROOT / "plugins" / "data_lifecycle" / "inventory.py",
     *sorted((ROOT / "plugins" / "data_lifecycle" / "erasure").glob("*.py")),
 ]
 # The IAM actions each S3 client call needs (Amazon S3 "Actions, resources and condition keys").
@@ -378,3 +447,25 @@ class TestErasureRunsAsTheErasureRole:
 def erasure_conf(erasure: Any) -> dict[str, Any]:
     """The trigger conf of a real erasure of the test subject: a registered request id only."""
     return {"request_id": erasure.register(), "dry_run": False}
+
+
+def test_the_report_role_reads_request_ids_in_the_ledger_database(
+    ledger_pg: psycopg.Connection[Any], ledger_database: str
+) -> None:
+    from data_lifecycle.ui import queries
+
+    ledger_pg.execute(
+        f"DO $$ BEGIN CREATE ROLE {REPORT_LOGIN} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END; $$"
+    )
+    ledger_pg.execute(f"GRANT lifecycle_report TO {REPORT_LOGIN}")
+    ledger_pg.execute(
+        "INSERT INTO app.erasure_requests (request_id, subject_hash, subject_token, requested_at)"
+        " VALUES ('REQ-9', repeat('f', 64), 'sealed', %s)",
+        (ANCHOR,),
+    )
+    with connect(ledger_database, user=REPORT_LOGIN) as conn:
+        out = queries.erasure_requests(conn, "app.erasure_ledger", 30, ANCHOR)
+        assert [(r["request_id"], r["last_status"]) for r in out["requests"]] == [("REQ-9", "registered")]
+        for column in ("subject_hash", "subject_token"):
+            with pytest.raises(errors.InsufficientPrivilege):
+                conn.execute(f"SELECT {column} FROM app.erasure_requests")

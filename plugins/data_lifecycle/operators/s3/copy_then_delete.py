@@ -226,6 +226,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             "restores_requested": 0,
         }
         saving = 0.0
+        moved_by_class: dict[str, int] = {}  # bytes archived, by the class they left
         failures: dict[str, str] = {}
         skipped: list[str] = []
         pending: list[_Outcome] = []
@@ -264,6 +265,9 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     outcome = by_key[entry["Key"]]
                     stats["objects"] += 1
                     stats["bytes"] += outcome.size
+                    moved_by_class[outcome.storage_class] = (
+                        moved_by_class.get(outcome.storage_class, 0) + outcome.size
+                    )
                     saving += monthly_saving(outcome.size, outcome.storage_class, self.storage_class)
 
         last_log = started
@@ -298,6 +302,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             **stats,
             "seconds": round(time.monotonic() - started, 3),
             "estimated_monthly_saving_usd": round(saving, 6),
+            "bytes_by_class": moved_by_class,
             "dry_run": dry_run,
             "cutoff": cutoff.isoformat(),
         }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,7 @@ class S3ExpireObjectsOperator(BaseOperator):
             self._check_unversioned_or_expiring(client)
         started = time.monotonic()
         due: list[tuple[str, dict[str, str], int]] = []
+        self._class_of: dict[tuple[str, str | None], str] = {}  # for the bytes per storage class
         listing = (
             self._due_versions(client, cutoff) if self.include_versions else self._due_objects(client, cutoff)
         )
@@ -157,6 +158,7 @@ class S3ExpireObjectsOperator(BaseOperator):
             delete_markers=counts["delete_marker"],
             bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
             kept_changed=len(kept),
+            bytes_by_class=_bytes_by_class(deleted, size_of, self._class_of),
         )
         elapsed = max(time.monotonic() - started, 1e-6)
         self.log.info(
@@ -200,6 +202,7 @@ class S3ExpireObjectsOperator(BaseOperator):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for obj in page.get("Contents", []):
                 if obj["LastModified"] < cutoff:
+                    self._class_of[(obj["Key"], None)] = obj.get("StorageClass") or "STANDARD"
                     yield "object", {"Key": obj["Key"], "ETag": obj["ETag"]}, int(obj["Size"])
 
     def _due_versions(self, client: Any, cutoff: datetime) -> Iterator[tuple[str, dict[str, str], int]]:
@@ -227,14 +230,17 @@ class S3ExpireObjectsOperator(BaseOperator):
                     # The next write to the key replaces the null version: delete only these bytes.
                     ident["ETag"] = entry["ETag"]
                 size = int(entry.get("Size", 0))
+                storage_class = entry.get("StorageClass") or "STANDARD"
                 if entry["IsLatest"]:
                     since = modified
                     if modified < cutoff:
+                        self._class_of[(entry["Key"], entry["VersionId"])] = storage_class
                         yield ("object" if kind == "version" else kind), ident, size
                 else:
                     if modified != previous:
                         since = previous
                     if since is not None and since < cutoff:
+                        self._class_of[(entry["Key"], entry["VersionId"])] = storage_class
                         yield kind, ident, size
                 previous = modified
 
@@ -249,3 +255,16 @@ def _expires_noncurrent(rule: dict[str, Any], prefix: str) -> bool:
     if set(raw) - {"Prefix"}:
         return False  # a tag or size filter covers only some objects
     return prefix.startswith(raw.get("Prefix", "") or "")
+
+
+def _bytes_by_class(
+    deleted: Sequence[Mapping[str, Any]],
+    size_of: dict[tuple[str, str | None], int],
+    class_of: dict[tuple[str, str | None], str],
+) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for entry in deleted:
+        ident = (entry["Key"], entry.get("VersionId"))
+        cls = class_of.get(ident, "STANDARD")
+        out[cls] = out.get(cls, 0) + size_of[ident]
+    return out
