@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from airflow.sdk import CronTriggerTimetable, dag
 
-from data_lifecycle.dag_common import batched_delete_kwargs, lifecycle_dag_kwargs, run_summary
+from data_lifecycle.dag_common import (
+    batched_delete_kwargs,
+    in_interval_order,
+    lifecycle_dag_kwargs,
+    run_summary,
+)
 from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
 from data_lifecycle.policy import load_policy
 
@@ -36,7 +41,9 @@ def purge_soft_deleted() -> None:
     purges = [
         PostgresBatchedDeleteOperator(**batched_delete_kwargs(POLICY, rule)) for rule in POLICY.soft_deleted
     ]
-    purges >> run_summary(POLICY, dag_id="purge_soft_deleted", target_task_ids=[p.task_id for p in purges])
+    in_interval_order(purges) >> run_summary(
+        POLICY, dag_id="purge_soft_deleted", target_task_ids=[p.task_id for p in purges]
+    )
 
 
 purge_soft_deleted()

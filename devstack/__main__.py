@@ -7,6 +7,9 @@
 - ``down`` stops only what ``up`` started (it keeps the pid files of its own processes).
 - ``status`` says what answers.
 - ``env`` prints the environment as shell ``export`` lines.
+- ``airflow [--executor local|celery]`` runs the Airflow services in the foreground (``make airflow``).
+
+A service that does not start is reported with its port and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from devstack import postgres
+from devstack.airflow_services import EXECUTORS, log_tail, run_foreground
 from devstack.settings import (
     AIRFLOW_DATABASE,
     DEMO_DATABASE,
@@ -53,7 +57,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str) -> bool:
+def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str, port: int) -> bool:
     """Start a background service unless its port already answers; True when we started it."""
     if _http_ok(ready_url):
         return False
@@ -65,7 +69,10 @@ def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not _http_ok(ready_url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start; see {paths.logs / (name + '.log')}")
+            logfile = paths.logs / f"{name}.log"
+            raise RuntimeError(
+                f"{name} did not start on {HOST}:{port}; last lines of {logfile}:\n{log_tail(logfile)}"
+            )
         time.sleep(0.2)
     return True
 
@@ -132,6 +139,7 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
         "moto",
         [_bin("moto_server"), "-H", HOST, "-p", str(S3_PORT)],
         f"http://{HOST}:{S3_PORT}/moto-api/",
+        S3_PORT,
     ):
         started.append("moto")
     if _start_process(
@@ -147,6 +155,7 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
             str(paths.slack_messages),
         ],
         f"http://{HOST}:{SLACK_PORT}/",
+        SLACK_PORT,
     ):
         started.append("slack_sink")
     if airflow:
@@ -180,12 +189,27 @@ def status() -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "airflow"])
     parser.add_argument("--no-airflow", action="store_true", help="up: skip the metadata DB")
+    parser.add_argument(
+        "--executor", choices=sorted(EXECUTORS), default="local", help="airflow: the executor"
+    )
     args = parser.parse_args(argv)
     paths = StackPaths()
+    if args.command == "airflow":
+        try:
+            up(paths)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        env = {**os.environ, **stack_environment(paths)}
+        return run_foreground(env, args.executor, paths.logs / "airflow", paths.local / "airflow-work")
     if args.command == "up":
-        started = up(paths, airflow=not args.no_airflow)
+        try:
+            started = up(paths, airflow=not args.no_airflow)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"stack up (started: {', '.join(started) or 'nothing, all were running'})")
         print(f"environment: . {paths.env_file}")
     elif args.command == "down":

@@ -21,9 +21,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Loopback ports of the local stack, as airflow_settings.yaml has them. LIFECYCLE_*_PORT moves a
 # service (and the connections pointing at it), so that two checkouts can run stacks side by side.
 DEFAULT_PORTS = {"postgres": 55433, "s3": 5055, "slack": 8765}
+# The Airflow services (`make airflow`, the scheduler tests): Airflow's and Redis's own defaults.
+AIRFLOW_PORTS = {"api": 8080, "worker_log": 8793, "trigger_log": 8794, "redis": 6379}
 POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", DEFAULT_PORTS["postgres"]))
 S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", DEFAULT_PORTS["s3"]))
 SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", DEFAULT_PORTS["slack"]))
+API_PORT = int(os.environ.get("LIFECYCLE_API_PORT") or AIRFLOW_PORTS["api"])
+WORKER_LOG_PORT = int(os.environ.get("LIFECYCLE_WORKER_LOG_PORT") or AIRFLOW_PORTS["worker_log"])
+TRIGGER_LOG_PORT = int(os.environ.get("LIFECYCLE_TRIGGER_LOG_PORT") or AIRFLOW_PORTS["trigger_log"])
+REDIS_PORT = int(os.environ.get("LIFECYCLE_REDIS_PORT") or AIRFLOW_PORTS["redis"])
 HOST = "127.0.0.1"
 
 POSTGRES_USER = "lifecycle"
@@ -148,7 +154,15 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
             f"postgresql+psycopg://{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{AIRFLOW_DATABASE}"
         ),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.airflow_home / "logs"),
-        "AIRFLOW__API__BASE_URL": "http://localhost:8080",
+        # Loopback only. The log servers (whose host Airflow does not let us set) are not started:
+        # every component runs on this machine and writes to the same log folder.
+        "AIRFLOW__API__HOST": HOST,
+        "AIRFLOW__API__PORT": str(API_PORT),
+        "AIRFLOW__API__BASE_URL": f"http://{HOST}:{API_PORT}",
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{REDIS_PORT}/0",
         "LIFECYCLE_SLACK_MESSAGES": str(paths.slack_messages),
         # The local S3 endpoint for boto3 clients that are not built from a connection (benchmarks).
         "AWS_DEFAULT_REGION": "us-east-1",
