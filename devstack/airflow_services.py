@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -77,10 +78,17 @@ class AirflowServices:
     logs: Path
     work: Path
     services: list[Service] = field(default_factory=list)
+    airflow_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         airflow = str(Path(sys.executable).parent / "airflow")
-        env = airflow_environment(self.env, self.executor)
+        # One signing secret for all of them: the scheduler signs the tokens tasks show the api-server.
+        env = {
+            **airflow_environment(self.env, self.executor),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
+        }
+        self.airflow_env = env
         root = Path(env.get("AIRFLOW__CORE__DAGS_FOLDER", ".")).resolve().parent
         if self.executor == "celery":
             redis = shutil.which("redis-server")
