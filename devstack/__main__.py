@@ -98,16 +98,18 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _settings_digest(paths: StackPaths) -> str:
+def _settings_digest(paths: StackPaths, env: dict[str, str]) -> str:
+    """Changes with the settings file, Airflow's version and the key variables are encrypted with."""
     version = importlib.metadata.version("apache-airflow")
-    data = (paths.root / "airflow_settings.yaml").read_bytes() + version.encode()
+    key = env.get("AIRFLOW__CORE__FERNET_KEY", "")
+    data = (paths.root / "airflow_settings.yaml").read_bytes() + version.encode() + key.encode()
     return hashlib.sha256(data).hexdigest()
 
 
 def prepare_airflow(paths: StackPaths, env: dict[str, str]) -> None:
     """Migrate the metadata DB and load pools/variables, once per settings file and version."""
     marker = paths.airflow_home / ".prepared"
-    digest = _settings_digest(paths)
+    digest = _settings_digest(paths, env)
     if marker.exists() and marker.read_text() == digest:
         return
     paths.airflow_home.mkdir(parents=True, exist_ok=True)

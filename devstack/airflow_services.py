@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -49,6 +48,9 @@ def port_open(port: int) -> bool:
 
 def airflow_environment(base: dict[str, str], executor: str) -> dict[str, str]:
     """The stack's environment with the executor chosen and the local auth manager open to admins."""
+    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        if not base.get(key):
+            raise ValueError(f"{key} is not set: the services must share it (see stack_environment)")
     if executor not in EXECUTORS:
         raise ValueError(f"executor {executor!r}: choose one of {sorted(EXECUTORS)}")
     return {
@@ -82,12 +84,7 @@ class AirflowServices:
 
     def __post_init__(self) -> None:
         airflow = str(Path(sys.executable).parent / "airflow")
-        # One signing secret for all of them: the scheduler signs the tokens tasks show the api-server.
-        env = {
-            **airflow_environment(self.env, self.executor),
-            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-            "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-        }
+        env = airflow_environment(self.env, self.executor)
         self.airflow_env = env
         root = Path(env.get("AIRFLOW__CORE__DAGS_FOLDER", ".")).resolve().parent
         if self.executor == "celery":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -74,22 +75,33 @@ class StackPaths:
         return self.local / "secrets" / "erasure_hmac_key"
 
 
-def local_erasure_hmac_key(paths: StackPaths) -> str:
-    """The local stack's erasure HMAC key: random, made on first use, kept in ``.local`` (0600)."""
-    path = paths.erasure_hmac_key
+def local_secret(paths: StackPaths, name: str, make: Callable[[], str] | None = None) -> str:
+    """A secret of the local stack: random, made on first use, kept in ``.local/secrets`` (0600)."""
+    path = paths.local / "secrets" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_urlsafe(48))
+            fh.write(make() if make is not None else secrets.token_urlsafe(48))
         try:
-            os.link(tmp, path)  # atomic: a concurrent first use keeps the key that won
+            os.link(tmp, path)  # atomic: a concurrent first use keeps the secret that won
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
     return path.read_text(encoding="utf-8").strip()
+
+
+def local_erasure_hmac_key(paths: StackPaths) -> str:
+    """The local stack's erasure HMAC key (see ``local_secret``)."""
+    return local_secret(paths, paths.erasure_hmac_key.name)
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,11 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
         "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{REDIS_PORT}/0",
+        # One set of keys for every Airflow process of the stack: the scheduler signs the tokens
+        # tasks show the api-server and encrypts what the triggerer and the CLI decrypt.
+        "AIRFLOW__CORE__FERNET_KEY": local_secret(paths, "airflow_fernet_key", _fernet_key),
+        "AIRFLOW__API_AUTH__JWT_SECRET": local_secret(paths, "airflow_jwt_secret"),
+        "AIRFLOW__API__SECRET_KEY": local_secret(paths, "airflow_api_secret_key"),
         "LIFECYCLE_SLACK_MESSAGES": str(paths.slack_messages),
         # The local S3 endpoint for boto3 clients that are not built from a connection (benchmarks).
         "AWS_DEFAULT_REGION": "us-east-1",

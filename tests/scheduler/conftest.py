@@ -54,8 +54,9 @@ def _meta_url(db: str) -> str:
 def _ensure_meta_template(env: dict[str, str]) -> None:
     """A migrated metadata database with the project's pools, rebuilt when Airflow changes."""
     settings = StackPaths().root / "airflow_settings.yaml"
+    key = env.get("AIRFLOW__CORE__FERNET_KEY", "")
     digest = hashlib.sha256(
-        importlib.metadata.version("apache-airflow").encode() + settings.read_bytes()
+        importlib.metadata.version("apache-airflow").encode() + settings.read_bytes() + key.encode()
     ).hexdigest()[:16]
     with admin_connect() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
