@@ -176,7 +176,12 @@ def sink(airflow: Airflow, local_stack: Any) -> SlackSink:
 
 
 def test_unpause_runs_the_latest_interval(airflow: Airflow, sink: SlackSink) -> None:
-    for dag_id in (SESSIONS, PURGE):
+    for dag_id in (SESSIONS, PURGE):  # the dag-processor parses the DAG files first
+        deadline = time.monotonic() + 180
+        while airflow.api("GET", f"/dags/{dag_id}")[0] != 200:
+            airflow.services.check_alive()
+            assert time.monotonic() < deadline, f"{dag_id} not parsed"
+            time.sleep(2)
         airflow.cli("dags", "unpause", dag_id)
     # catchup=False: at most the latest interval runs (on empty tables); wait until it is done and
     # the next run lies in the future, so that it cannot delete what the backfills are due.
