@@ -16,7 +16,7 @@ WITH_ENV := set -a && . .local/env.sh && set +a &&
 help:
 	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
 	@echo "make test      ruff and mypy, then pytest against the real local stack"
-	@echo "make airflow   the Airflow UI on http://localhost:8080 (LIFECYCLE_AIRFLOW_PORT) over the local stack"
+	@echo "make airflow   the Airflow UI on http://localhost:8080 (LIFECYCLE_AIRFLOW_PORT) over the local stack (EXECUTOR=celery: Redis + a Celery worker)"
 	@echo "make bench     side-by-side benchmarks (results in benchmarks/results/)"
 	@echo "make bench-scale   how cost grows with size (0.5M, 2M, 8M rows; long)"
 	@echo "make stack-up | stack-down | stack-status   the local PostgreSQL, S3 and Slack sink"
@@ -69,9 +69,11 @@ stack-status: venv
 demo: stack-up
 	$(WITH_ENV) $(BIN)/python -m include.dreamseed.demo
 
-# standalone starts the api-server, scheduler, dag-processor and triggerer as `airflow` commands.
+# The api-server, scheduler, dag-processor and triggerer (what `airflow standalone` starts), on
+# 127.0.0.1; EXECUTOR=celery adds Debian's redis-server as broker and a Celery worker.
+EXECUTOR ?= local
 airflow: stack-up
-	$(WITH_ENV) PATH="$(CURDIR)/$(BIN):$$PATH" airflow standalone
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(STACK) airflow --executor $(EXECUTOR)
 
 bench: stack-up
 	$(WITH_ENV) $(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, dag
 
 from data_lifecycle.dag_common import (
+    in_interval_order,
     lifecycle_dag_kwargs,
     lifecycle_kwargs,
     object_archive_kwargs,
@@ -46,7 +47,9 @@ def apply_storage_tiers() -> None:
         for rule in POLICY.object_archives
     ]
     targets = [*tiers, *archives]
-    targets >> run_summary(POLICY, dag_id="apply_storage_tiers", target_task_ids=[t.task_id for t in targets])
+    in_interval_order(targets) >> run_summary(
+        POLICY, dag_id="apply_storage_tiers", target_task_ids=[t.task_id for t in targets]
+    )
 
 
 apply_storage_tiers()

@@ -19,6 +19,7 @@ from airflow.sdk import CronTriggerTimetable, dag
 
 from data_lifecycle.dag_common import (
     batched_delete_kwargs,
+    in_interval_order,
     lifecycle_dag_kwargs,
     lifecycle_kwargs,
     run_summary,
@@ -51,7 +52,9 @@ def archive_app_logs() -> None:
         if entry.bucket in ARCHIVE_BUCKETS
     ]
     targets = [*archives, *tiers]
-    targets >> run_summary(POLICY, dag_id="archive_app_logs", target_task_ids=[t.task_id for t in targets])
+    in_interval_order(targets) >> run_summary(
+        POLICY, dag_id="archive_app_logs", target_task_ids=[t.task_id for t in targets]
+    )
 
 
 archive_app_logs()

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 from airflow.sdk import CronTriggerTimetable, dag
 
-from data_lifecycle.dag_common import batched_delete_kwargs, lifecycle_dag_kwargs, run_summary
+from data_lifecycle.dag_common import (
+    batched_delete_kwargs,
+    in_interval_order,
+    lifecycle_dag_kwargs,
+    run_summary,
+)
 from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
 from data_lifecycle.policy import load_policy
 
@@ -37,7 +42,7 @@ def cleanup_expired_sessions() -> None:
         PostgresBatchedDeleteOperator(**batched_delete_kwargs(POLICY, rule))
         for rule in POLICY.expired_sessions
     ]
-    deletes >> run_summary(
+    in_interval_order(deletes) >> run_summary(
         POLICY, dag_id="cleanup_expired_sessions", target_task_ids=[d.task_id for d in deletes]
     )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from airflow.sdk import CronTriggerTimetable, dag
 
-from data_lifecycle.dag_common import expiry_kwargs, lifecycle_dag_kwargs, run_summary
+from data_lifecycle.dag_common import expiry_kwargs, in_interval_order, lifecycle_dag_kwargs, run_summary
 from data_lifecycle.operators.s3 import S3ExpireObjectsOperator
 from data_lifecycle.policy import load_policy
 
@@ -33,7 +33,7 @@ POLICY = load_policy()
 )
 def cleanup_s3_objects() -> None:
     expiries = [S3ExpireObjectsOperator(**expiry_kwargs(POLICY, rule)) for rule in POLICY.s3_expiry]
-    expiries >> run_summary(
+    in_interval_order(expiries) >> run_summary(
         POLICY, dag_id="cleanup_s3_objects", target_task_ids=[e.task_id for e in expiries]
     )
 

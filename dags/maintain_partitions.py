@@ -17,6 +17,7 @@ from __future__ import annotations
 from airflow.sdk import CronTriggerTimetable, dag
 
 from data_lifecycle.dag_common import (
+    in_interval_order,
     lifecycle_dag_kwargs,
     partition_premake_kwargs,
     partition_retention_kwargs,
@@ -49,7 +50,9 @@ def maintain_partitions() -> None:
         retention = PostgresPartitionRetentionOperator(**partition_retention_kwargs(POLICY, rule))
         premake >> retention
         targets += [premake, retention]
-    targets >> run_summary(POLICY, dag_id="maintain_partitions", target_task_ids=[t.task_id for t in targets])
+    in_interval_order(targets) >> run_summary(
+        POLICY, dag_id="maintain_partitions", target_task_ids=[t.task_id for t in targets]
+    )
 
 
 maintain_partitions()

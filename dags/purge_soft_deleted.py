@@ -25,6 +25,7 @@ from data_lifecycle.dag_common import (
     S3_POOL,
     batched_delete_kwargs,
     destructive,
+    in_interval_order,
     lifecycle_dag_kwargs,
     retention_template,
     run_summary,
@@ -48,13 +49,17 @@ SUBJECT_MAP = load_subject_map()
     ),
 )
 def purge_soft_deleted() -> None:
-    purges = []
+    purges, object_purges = [], []
     for rule in POLICY.soft_deleted:
         purge = PostgresBatchedDeleteOperator(**batched_delete_kwargs(POLICY, rule))
         if rule.table == SUBJECT_MAP.subject.table and SUBJECT_MAP.buckets:
             objects = task(task_id=f"purge_objects_{rule.id}", **destructive(pool=S3_POOL))(_purge_objects)
-            objects(rule_id=rule.id, retention_days=retention_template(rule.retention_days)) >> purge
+            purge_objects = objects(rule_id=rule.id, retention_days=retention_template(rule.retention_days))
+            purge_objects >> purge
+            object_purges.append(purge_objects)
         purges.append(purge)
+    # Object purges delete too: they wait for earlier intervals like the row purges.
+    in_interval_order([*object_purges, *purges])
     purges >> run_summary(POLICY, dag_id="purge_soft_deleted", target_task_ids=[p.task_id for p in purges])
 
 

@@ -7,6 +7,9 @@
 - ``down`` stops only what ``up`` started (it keeps the pid files of its own processes).
 - ``status`` says what answers.
 - ``env`` prints the environment as shell ``export`` lines.
+- ``airflow [--executor local|celery]`` runs the Airflow services in the foreground (``make airflow``).
+
+A service that does not start is reported with its port and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from devstack import postgres
+from devstack.airflow_services import EXECUTORS, log_tail, run_foreground
 from devstack.settings import (
     AIRFLOW_DATABASE,
     DEMO_DATABASE,
@@ -56,7 +60,7 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str) -> bool:
+def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str, port: int) -> bool:
     """Start a background service unless its port already answers; True when we started it."""
     if _http_ok(ready_url):
         return False
@@ -68,7 +72,10 @@ def _start_process(paths: StackPaths, name: str, cmd: list[str], ready_url: str)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while not _http_ok(ready_url):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not start; see {paths.logs / (name + '.log')}")
+            logfile = paths.logs / f"{name}.log"
+            raise RuntimeError(
+                f"{name} did not start on {HOST}:{port}; last lines of {logfile}:\n{log_tail(logfile)}"
+            )
         time.sleep(0.2)
     return True
 
@@ -94,16 +101,18 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _settings_digest(paths: StackPaths) -> str:
+def _settings_digest(paths: StackPaths, env: dict[str, str]) -> str:
+    """Changes with the settings file, Airflow's version and the key variables are encrypted with."""
     version = importlib.metadata.version("apache-airflow")
-    data = (paths.root / "airflow_settings.yaml").read_bytes() + version.encode()
+    key = env.get("AIRFLOW__CORE__FERNET_KEY", "")
+    data = (paths.root / "airflow_settings.yaml").read_bytes() + version.encode() + key.encode()
     return hashlib.sha256(data).hexdigest()
 
 
 def prepare_airflow(paths: StackPaths, env: dict[str, str]) -> None:
     """Migrate the metadata DB and load pools/variables, once per settings file and version."""
     marker = paths.airflow_home / ".prepared"
-    digest = _settings_digest(paths)
+    digest = _settings_digest(paths, env)
     if marker.exists() and marker.read_text() == digest:
         return
     paths.airflow_home.mkdir(parents=True, exist_ok=True)
@@ -140,6 +149,7 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
         "moto",
         [_bin("moto_server"), "-H", HOST, "-p", str(S3_PORT)],
         f"http://{HOST}:{S3_PORT}/moto-api/",
+        S3_PORT,
     ):
         started.append("moto")
     if _start_process(
@@ -155,6 +165,7 @@ def up(paths: StackPaths, *, airflow: bool = True) -> list[str]:
             str(paths.slack_messages),
         ],
         f"http://{HOST}:{SLACK_PORT}/",
+        SLACK_PORT,
     ):
         started.append("slack_sink")
     if airflow:
@@ -188,12 +199,27 @@ def status() -> dict[str, bool]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "airflow"])
     parser.add_argument("--no-airflow", action="store_true", help="up: skip the metadata DB")
+    parser.add_argument(
+        "--executor", choices=sorted(EXECUTORS), default="local", help="airflow: the executor"
+    )
     args = parser.parse_args(argv)
     paths = StackPaths()
+    if args.command == "airflow":
+        try:
+            up(paths)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        env = {**os.environ, **stack_environment(paths)}
+        return run_foreground(env, args.executor, paths.logs / "airflow", paths.local / "airflow-work")
     if args.command == "up":
-        started = up(paths, airflow=not args.no_airflow)
+        try:
+            started = up(paths, airflow=not args.no_airflow)
+        except RuntimeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"stack up (started: {', '.join(started) or 'nothing, all were running'})")
         print(f"environment: . {paths.env_file}")
     elif args.command == "down":

@@ -130,18 +130,29 @@ def start(paths: StackPaths) -> bool:
         "-c max_connections=200 -c shared_buffers=256MB -c fsync=off -c full_page_writes=on "
         "-c log_min_messages=warning"
     )
-    subprocess.run(
+    started = subprocess.run(
         _server_cmd([str(bindir / "pg_ctl"), "-D", str(pgdata), "-l", str(logfile), "-o", options, "start"]),
-        check=True,
+        check=False,
         capture_output=True,
         timeout=START_TIMEOUT_SECONDS,
     )
+    if started.returncode != 0:
+        raise RuntimeError(_start_failure(f"pg_ctl start exited with {started.returncode}", logfile))
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while not is_ready():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL did not accept connections; see {logfile}")
+            raise RuntimeError(_start_failure("it did not accept connections", logfile))
         time.sleep(0.2)
     return True
+
+
+def _start_failure(what: str, logfile: Path) -> str:
+    from devstack.airflow_services import log_tail
+
+    return (
+        f"PostgreSQL did not start on {HOST}:{POSTGRES_PORT} ({what}; move it with LIFECYCLE_PG_PORT);"
+        f" last lines of {logfile}:\n{log_tail(logfile)}"
+    )
 
 
 def _chown_for_server_file(path: Path) -> None:

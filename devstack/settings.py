@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,12 +22,16 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Loopback ports of the local stack, as airflow_settings.yaml has them. LIFECYCLE_*_PORT moves a
 # service (and the connections pointing at it), so that two checkouts can run stacks side by side.
 DEFAULT_PORTS = {"postgres": 55433, "s3": 5055, "slack": 8765}
+# The Airflow services (`make airflow`, the scheduler tests): Airflow's and Redis's own defaults.
+AIRFLOW_PORTS = {"api": 8080, "worker_log": 8793, "trigger_log": 8794, "redis": 6379}
 POSTGRES_PORT = int(os.environ.get("LIFECYCLE_PG_PORT", DEFAULT_PORTS["postgres"]))
 S3_PORT = int(os.environ.get("LIFECYCLE_S3_PORT", DEFAULT_PORTS["s3"]))
 SLACK_PORT = int(os.environ.get("LIFECYCLE_SLACK_PORT", DEFAULT_PORTS["slack"]))
+API_PORT = int(os.environ.get("LIFECYCLE_AIRFLOW_PORT") or AIRFLOW_PORTS["api"])
+WORKER_LOG_PORT = int(os.environ.get("LIFECYCLE_WORKER_LOG_PORT") or AIRFLOW_PORTS["worker_log"])
+TRIGGER_LOG_PORT = int(os.environ.get("LIFECYCLE_TRIGGER_LOG_PORT") or AIRFLOW_PORTS["trigger_log"])
+REDIS_PORT = int(os.environ.get("LIFECYCLE_REDIS_PORT") or AIRFLOW_PORTS["redis"])
 HOST = "127.0.0.1"
-# The Airflow UI/API server of `make airflow`; LIFECYCLE_AIRFLOW_PORT moves it like the others.
-AIRFLOW_PORT = int(os.environ.get("LIFECYCLE_AIRFLOW_PORT", "8080"))
 
 POSTGRES_USER = "lifecycle"
 DEMO_DATABASE = "dreamseed"
@@ -74,22 +79,33 @@ class StackPaths:
         return self.local / "secrets" / "erasure_hmac_key"
 
 
-def local_erasure_hmac_key(paths: StackPaths) -> str:
-    """The local stack's erasure HMAC key: random, made on first use, kept in ``.local`` (0600)."""
-    path = paths.erasure_hmac_key
+def local_secret(paths: StackPaths, name: str, make: Callable[[], str] | None = None) -> str:
+    """A secret of the local stack: random, made on first use, kept in ``.local/secrets`` (0600)."""
+    path = paths.local / "secrets" / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(secrets.token_urlsafe(48))
+            fh.write(make() if make is not None else secrets.token_urlsafe(48))
         try:
-            os.link(tmp, path)  # atomic: a concurrent first use keeps the key that won
+            os.link(tmp, path)  # atomic: a concurrent first use keeps the secret that won
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
     return path.read_text(encoding="utf-8").strip()
+
+
+def local_erasure_hmac_key(paths: StackPaths) -> str:
+    """The local stack's erasure HMAC key (see ``local_secret``)."""
+    return local_secret(paths, paths.erasure_hmac_key.name)
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
 
 
 @dataclass(frozen=True)
@@ -154,8 +170,20 @@ def stack_environment(paths: StackPaths | None = None) -> dict[str, str]:
             f"postgresql+psycopg://{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{AIRFLOW_DATABASE}"
         ),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(paths.airflow_home / "logs"),
-        "AIRFLOW__API__BASE_URL": f"http://localhost:{AIRFLOW_PORT}",
-        "AIRFLOW__API__PORT": str(AIRFLOW_PORT),
+        # Loopback only. The log servers (whose host Airflow does not let us set) are not started:
+        # every component runs on this machine and writes to the same log folder.
+        "AIRFLOW__API__HOST": HOST,
+        "AIRFLOW__API__PORT": str(API_PORT),
+        "AIRFLOW__API__BASE_URL": f"http://{HOST}:{API_PORT}",
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(WORKER_LOG_PORT),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(TRIGGER_LOG_PORT),
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{REDIS_PORT}/0",
+        # One set of keys for every Airflow process of the stack: the scheduler signs the tokens
+        # tasks show the api-server and encrypts what the triggerer and the CLI decrypt.
+        "AIRFLOW__CORE__FERNET_KEY": local_secret(paths, "airflow_fernet_key", _fernet_key),
+        "AIRFLOW__API_AUTH__JWT_SECRET": local_secret(paths, "airflow_jwt_secret"),
+        "AIRFLOW__API__SECRET_KEY": local_secret(paths, "airflow_api_secret_key"),
         "LIFECYCLE_SLACK_MESSAGES": str(paths.slack_messages),
         # The local S3 endpoint for boto3 clients that are not built from a connection (benchmarks).
         "AWS_DEFAULT_REGION": "us-east-1",

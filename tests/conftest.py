@@ -51,7 +51,21 @@ def local_stack() -> Iterator[StackPaths]:
     """Start whatever part of the stack is not running; stop only that at the end."""
     started = devstack.up(PATHS)
     yield PATHS
+    _close_airflow_sessions()
     devstack.down(PATHS, only=started)
+
+
+def _close_airflow_sessions() -> None:
+    """Close Airflow's pooled metadata connections before the server stops.
+
+    Otherwise Airflow's ``atexit`` handler finds them cut by the shutdown and prints an
+    ``AdminShutdown`` traceback after the test summary.
+    """
+    import sys
+
+    settings = sys.modules.get("airflow.settings")
+    if settings is not None:
+        settings.dispose_orm()
 
 
 def _ensure_template() -> None:

@@ -2,15 +2,17 @@
 
 Wired in once here so that each DAG file only says ``default_args=lifecycle_default_args(...)`` and
 ``deadline=deadline_alert(...)``. Everything uses Airflow's own mechanisms: task retries with
-exponential backoff, ``execution_timeout``, a task-level ``on_failure_callback`` built on the slack
-provider's ``SlackWebhookNotifier``, and ``DeadlineAlert`` with an ``AsyncCallback``.
+exponential backoff, ``execution_timeout``, task-level ``on_retry_callback`` and ``on_failure_callback``
+built on the slack provider's ``SlackWebhookNotifier`` (one notice per failed try), and
+``DeadlineAlert`` with an ``AsyncCallback``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
@@ -48,6 +50,7 @@ EXECUTION_TIMEOUTS: Mapping[str, timedelta] = {
 FAILURE_TEXT = (
     ":red_circle: *{{ dag.dag_id }}* task `{{ ti.task_id }}` failed (try {{ ti.try_number }})\n"
     "Run: `{{ run_id }}` (run after {{ dag_run.run_after }})\n"
+    "__NEXT__\n"
     "Error: {{ exception | string | truncate(400) }}\n"
     "Log: {{ ti.log_url }}"
 )
@@ -70,31 +73,68 @@ NO_RETRY_POLICY = ExceptionRetryPolicy(
 
 
 class SlackFailureNotice:
-    """``on_failure_callback`` that posts one Slack message per failed try.
+    """``on_failure_callback`` / ``on_retry_callback`` that posts one Slack message per failed try.
 
     A notifier renders its templates in place, so it builds a fresh ``SlackWebhookNotifier`` for
     every call. A Slack outage is logged and never changes the task's own outcome.
 
     :param slack_conn_id: the ``slackwebhook`` connection to post to.
+    :param retrying: True for ``on_retry_callback`` (a retry follows), False for the last try.
     """
 
-    def __init__(self, slack_conn_id: str = SLACK_CONN_ID) -> None:
+    def __init__(self, slack_conn_id: str = SLACK_CONN_ID, *, retrying: bool = False) -> None:
         self.slack_conn_id = slack_conn_id
+        self.retrying = retrying
 
     def __call__(self, context: Any) -> None:
         from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-        notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=FAILURE_TEXT)
+        text = FAILURE_TEXT.replace("__NEXT__", next_try_text(context, retrying=self.retrying))
+        notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=text)
         try:
             notifier(context)
         except Exception:
             log.exception("Could not post the failure notice to Slack (%s)", self.slack_conn_id)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, SlackFailureNotice) and other.slack_conn_id == self.slack_conn_id
+        return (
+            isinstance(other, SlackFailureNotice)
+            and other.slack_conn_id == self.slack_conn_id
+            and other.retrying == self.retrying
+        )
 
     def __hash__(self) -> int:
-        return hash((type(self), self.slack_conn_id))
+        return hash((type(self), self.slack_conn_id, self.retrying))
+
+
+def next_try_text(context: Any, *, retrying: bool) -> str:
+    """What happens next, for the notice: when the retry comes, or that none follows.
+
+    The window is the scheduler's: ``retry_delay * backoff ** (try - 1)`` (with up to as much again
+    of per-task jitter) after the try ended, capped at ``max_retry_delay``.
+    """
+    ti = context["ti"]
+    try_number = int(getattr(ti, "try_number", 0) or 0)
+    max_tries = getattr(ti, "max_tries", None)
+    total = f" of {int(max_tries) + 1}" if max_tries is not None else ""
+    if not retrying:
+        return f"No retry follows: try {try_number}{total} was the last."
+    task = context.get("task") or getattr(ti, "task", None)
+    delay = getattr(task, "retry_delay", None) or timedelta(minutes=5)
+    if not isinstance(delay, timedelta):
+        delay = timedelta(seconds=float(delay))
+    backoff = float(getattr(task, "retry_exponential_backoff", 0) or 1.0)
+    low = high = delay
+    if backoff > 0 and backoff != 1.0:
+        low = timedelta(seconds=max(math.ceil(delay.total_seconds() * backoff ** max(try_number - 1, 0)), 1))
+        high = low * 2
+    cap = getattr(task, "max_retry_delay", None)
+    if isinstance(cap, timedelta):
+        low, high = min(low, cap), min(high, cap)
+    ended = getattr(ti, "end_date", None) or datetime.now(UTC)
+    earliest = (ended + low).strftime("%H:%M:%S UTC")
+    window = _human_seconds(low) if low == high else f"{_human_seconds(low)} to {_human_seconds(high)}"
+    return f"Retry follows: try {try_number + 1}{total} not before {earliest} (in {window})."
 
 
 def lifecycle_default_args(
@@ -123,6 +163,7 @@ def lifecycle_default_args(
         "max_retry_delay": max_retry_delay,
         "retry_policy": NO_RETRY_POLICY,
         "execution_timeout": EXECUTION_TIMEOUTS[task_kind],
+        "on_retry_callback": SlackFailureNotice(slack_conn_id, retrying=True),
         "on_failure_callback": SlackFailureNotice(slack_conn_id),
     }
 
@@ -169,4 +210,11 @@ def _human(interval: timedelta) -> str:
     if minutes % 60 == 0:
         hours = minutes // 60
         return f"{hours} hour{'s' if hours != 1 else ''}"
-    return f"{minutes} minutes"
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def _human_seconds(delay: timedelta) -> str:
+    seconds = int(delay.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{seconds // 60} min"

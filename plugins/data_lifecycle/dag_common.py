@@ -1,9 +1,11 @@
 """What every lifecycle DAG shares: DAG arguments, Params, table assets and the run summary task.
 
 A DAG file calls ``lifecycle_dag_kwargs(...)`` for its ``@dag`` arguments, wires one task per
-policy target, and ends with ``run_summary(...)``, which runs whatever happened upstream
-(``all_done``), reports every target, records it in the audit table, posts the optional success
-summary to Slack, and fails the run if any target failed, so a run is never green with residue left.
+policy target behind ``in_interval_order(...)`` (a run's targets start only when the run of the
+previous interval is no longer running), and ends with ``run_summary(...)``, which runs whatever
+happened upstream (``all_done``), records every target in the audit table (failed ones too), reports
+it, posts the optional success summary to Slack, and fails the run if any target failed, so a run
+is never green with residue left.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ AUDIT_TABLE = "app.cleanup_audit"
 POSTGRES_POOL = "lifecycle_postgres_heavy"
 S3_POOL = "lifecycle_s3_writes"
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
+IN_ORDER_TASK_ID = "wait_for_earlier_runs"
+# How often a run waiting for the previous interval's run looks again, and how long it waits at most.
+IN_ORDER_POKE_SECONDS = 10
+IN_ORDER_TIMEOUT = timedelta(hours=24)
 
 
 def table_asset(conn_id: str, table: str) -> Asset:
@@ -130,6 +136,48 @@ def _guard_and_measure(context: Any, *, conn_id: str, tables: list[str]) -> None
     record_bytes_before(context, conn_id=conn_id, tables=tables)
 
 
+def in_interval_order(targets: Sequence[Any]) -> Sequence[Any]:
+    """Put a gate in front of ``targets``: they start only once no earlier interval's run is running.
+
+    Every cutoff deletes all that is older, so runs of one DAG must act in logical-date order for
+    each to delete (and record) exactly what fell due in its own interval. A backfill runs up to
+    ``--max-active-runs`` (default 10) runs at once, in reverse with ``--run-backwards``; the
+    scheduler's ``max_active_runs=1`` does not apply to it. The gate (a sensor in reschedule mode,
+    holding no worker slot while it waits) waits while the previous run by logical date is running,
+    and refuses to start (fails without retry, nothing deleted) while that run is still queued: it
+    could only start after this one, so waiting would never end. Runs without a logical date
+    (manual runs) pass at once. A failed previous run does not hold later runs back.
+    """
+
+    @task.sensor(
+        task_id=IN_ORDER_TASK_ID,
+        mode="reschedule",
+        poke_interval=IN_ORDER_POKE_SECONDS,
+        timeout=IN_ORDER_TIMEOUT.total_seconds(),
+        execution_timeout=timedelta(minutes=5),  # one look, not the whole wait
+    )
+    def wait_for_earlier_runs(**context: Any) -> bool:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        previous = context["ti"].get_previous_dagrun()
+        if previous is None:
+            return True
+        state = str(getattr(previous.state, "value", previous.state))
+        if state == "queued":
+            raise AirflowFailException(
+                f"The run of the previous interval ({previous.run_id}) is still queued and could only "
+                "start after this one; nothing was deleted. Clear this run once that one has finished."
+            )
+        if state == "running":
+            log.info("Waiting for the run of the previous interval (%s) to finish", previous.run_id)
+            return False
+        return True
+
+    gate = wait_for_earlier_runs()
+    gate >> list(targets)
+    return targets
+
+
 def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
     """The final task: report every target, audit it, optionally post to Slack, fail on failures."""
 
@@ -141,13 +189,13 @@ def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) 
         states = _task_states(dag_id, run_id, list(target_task_ids))
         results: dict[str, Any] = {}
         for task_id in target_task_ids:
-            results[task_id] = {
-                "state": states.get(task_id, "unknown"),
-                "result": ti.xcom_pull(task_ids=task_id),
-            }
+            state = states.get(task_id, "unknown")
+            result = None if state in FAILED_STATES else ti.xcom_pull(task_ids=task_id)
+            results[task_id] = {"state": state, "result": result}
+        # The audit first: whatever happens after it, every target that ran or failed is on record.
+        _write_audit(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
         for task_id, entry in results.items():
             log.info("%s: %s %s", task_id, entry["state"], json.dumps(entry["result"], default=str))
-        _write_audit(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
         _write_facts(policy, dag_id=dag_id, run_id=run_id, results=results, context=context)
         failed = sorted(t for t, e in results.items() if e["state"] in FAILED_STATES)
         settings = policy.dag(dag_id)
@@ -168,10 +216,18 @@ def _task_states(dag_id: str, run_id: str, task_ids: list[str]) -> dict[str, str
 
 
 def _write_audit(policy: Policy, *, dag_id: str, run_id: str, results: dict[str, Any], context: Any) -> None:
-    """One audit row per target that ran, in the database the policy cleans."""
+    """One audit row per target that ran or failed, in the database the policy cleans.
+
+    A failed target records action ``failed`` with its state; what it committed before failing
+    is in its task log (batches commit one by one), and the next run deletes the rest.
+    """
     rows = []
     for task_id, entry in results.items():
         summary = entry["result"]
+        if entry["state"] in FAILED_STATES:
+            state = json.dumps({"state": entry["state"]})
+            rows.append((dag_id, run_id, task_id, task_id, "failed", None, 0, state))
+            continue
         if not isinstance(summary, dict):
             continue
         rows.append(

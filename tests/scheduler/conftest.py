@@ -1,0 +1,228 @@
+"""The real Airflow services over the local stack, driven only through the CLI and the REST API.
+
+For each executor (LocalExecutor, then CeleryExecutor with Redis and a worker in a directory of its
+own) the suite starts the api-server, scheduler, dag-processor and triggerer as separate processes
+(``devstack.airflow_services``, what ``make airflow`` runs), with a metadata database of their own
+(a copy of a migrated template, so they never meet the database the ``dag.test()`` tests use), a
+DreamSeed database for the DAGs to clean, and a copy of the shipped policy with short retry delays,
+a one-minute deadline and buckets of its own. Ports are the stack's (``LIFECYCLE_AIRFLOW_PORT``,
+``LIFECYCLE_REDIS_PORT``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from data_lifecycle.policy import DEFAULT_POLICY_FILE, POLICY_FILE_ENV
+from devstack.airflow_services import AirflowServices
+from devstack.settings import API_PORT, HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths, stack_environment
+from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+
+META_TEMPLATE = "airflow_scheduler_template"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+TERMINAL = {"success", "failed"}
+# The policy changes the scenarios need: retries seconds apart, a deadline that can be missed.
+POLICY_EDITS = {
+    "retry_delay_seconds: 300": "retry_delay_seconds: 2",
+    "max_retry_delay_seconds: 3600": "max_retry_delay_seconds: 4",
+    "  purge_soft_deleted:\n    notify_success: true": "  purge_soft_deleted:\n    notify_success: true\n    deadline_minutes: 1",
+    "      min_size: 500\n      max_size: 50000": "      min_size: 500\n      max_size: 50000\n      lock_timeout_ms: 500",
+}
+
+
+def _meta_url(db: str) -> str:
+    return f"postgresql+psycopg://{POSTGRES_USER}@{HOST}:{POSTGRES_PORT}/{db}"
+
+
+def _ensure_meta_template(env: dict[str, str]) -> None:
+    """A migrated metadata database with the project's pools, rebuilt when Airflow changes."""
+    settings = StackPaths().root / "airflow_settings.yaml"
+    key = env.get("AIRFLOW__CORE__FERNET_KEY", "")
+    digest = hashlib.sha256(
+        importlib.metadata.version("apache-airflow").encode() + settings.read_bytes() + key.encode()
+    ).hexdigest()[:16]
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            row = conn.execute(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                (META_TEMPLATE,),
+            ).fetchone()
+            if row and row[0] == digest:
+                return
+            if row:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(META_TEMPLATE)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(META_TEMPLATE)))
+            migrate_env = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _meta_url(META_TEMPLATE)}
+            subprocess.run([AIRFLOW, "db", "migrate"], env=migrate_env, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "devstack.airflow_meta"],
+                env=migrate_env,
+                check=True,
+                capture_output=True,
+            )
+            conn.execute(
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    sql.Identifier(META_TEMPLATE), sql.Literal(digest)
+                )
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+def _copy_database(template: str, name: str) -> None:
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+def _drop_database(name: str) -> None:
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@dataclass
+class Airflow:
+    """The running services, and the commands and requests an on-call engineer would use."""
+
+    executor: str
+    env: dict[str, str]
+    services: AirflowServices
+    data_db: str
+    token: str = ""
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``airflow <args>`` as typed in a shell, in the services' environment."""
+        done = subprocess.run(
+            [AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=180, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"airflow {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+            )
+        return done
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """One REST API v2 request; returns (status, decoded JSON body)."""
+        if not self.token:
+            self.token = self._request("GET", "/auth/token")[1]["access_token"]
+        return self._request(method, f"/api/v2{path}", body)
+
+    def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://{HOST}:{API_PORT}{path}", data=data, headers=headers, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        status, doc = self.api("GET", f"/dags/{dag_id}/dagRuns?limit=100&order_by=logical_date")
+        assert status == 200, doc
+        return list(doc["dag_runs"])
+
+    def wait_for_runs(
+        self, dag_id: str, run_ids: list[str] | None = None, *, count: int | None = None, timeout: float = 240
+    ) -> list[dict[str, Any]]:
+        """Wait until the given runs (or ``count`` runs matching ``run_ids=None``) are finished."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.services.check_alive()
+            runs = [r for r in self.runs(dag_id) if run_ids is None or r["dag_run_id"] in run_ids]
+            done = [r for r in runs if r["state"] in TERMINAL]
+            expected = len(run_ids) if run_ids is not None else count
+            if expected is not None and len(runs) >= expected and len(done) == len(runs):
+                return runs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{dag_id} runs not finished after {timeout:.0f} s: {runs}")
+            time.sleep(2)
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        status, doc = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        assert status == 200, doc
+        return {ti["task_id"]: ti["state"] for ti in doc["task_instances"]}
+
+    def data(self) -> psycopg.Connection[Any]:
+        """An autocommit connection to the database the DAGs clean."""
+        return admin_connect(self.data_db)
+
+
+@pytest.fixture(scope="package", params=["local", "celery"])
+def airflow(
+    request: pytest.FixtureRequest, local_stack: StackPaths, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Airflow]:
+    executor = str(request.param)
+    token = uuid.uuid4().hex[:8]
+    home = tmp_path_factory.mktemp(f"airflow-{executor}")
+    base = {**os.environ, **stack_environment(local_stack)}
+    _ensure_meta_template(base)
+    _ensure_template()
+    meta_db, data_db = f"airflow_sched_{executor}_{token}", f"sched_{executor}_{token}"
+    _copy_database(META_TEMPLATE, meta_db)
+    _copy_database(TEMPLATE_DB, data_db)
+    policy = DEFAULT_POLICY_FILE.read_text().replace("dreamseed-", f"dreamseed-{token}-")
+    for old, new in POLICY_EDITS.items():
+        assert old in policy, f"policy file changed: {old!r} not found"
+        policy = policy.replace(old, new)
+    (home / "lifecycle.yaml").write_text(policy)
+    env = {
+        **base,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _meta_url(meta_db),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        POLICY_FILE_ENV: str(home / "lifecycle.yaml"),
+        "AIRFLOW_CONN_LIFECYCLE_POSTGRES": json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": HOST,
+                "port": POSTGRES_PORT,
+                "login": POSTGRES_USER,
+                "schema": data_db,
+            }
+        ),
+        # The DAG files do not change during the suite: parse them once, not every 30 s.
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+    }
+    services = AirflowServices(env=env, executor=executor, logs=home / "service-logs", work=home / "work")
+    try:
+        services.start()
+        services.wait_ready()
+        from devstack.airflow_services import airflow_environment
+
+        yield Airflow(
+            executor=executor, env=airflow_environment(env, executor), services=services, data_db=data_db
+        )
+    finally:
+        services.stop()
+        _drop_database(meta_db)
+        _drop_database(data_db)
