@@ -53,12 +53,13 @@ def purge_soft_deleted() -> None:
         purge = PostgresBatchedDeleteOperator(**batched_delete_kwargs(POLICY, rule))
         if rule.table == SUBJECT_MAP.subject.table and SUBJECT_MAP.buckets:
             objects = task(task_id=f"purge_objects_{rule.id}", **destructive(pool=S3_POOL))(_purge_objects)
-            objects(rule_id=rule.id, retention_days=retention_template(rule.retention_days)) >> purge
+            objects(rule_id=rule.id, retention_days=retention_template(rule)) >> purge
         purges.append(purge)
     purges >> run_summary(POLICY, dag_id="purge_soft_deleted", target_task_ids=[p.task_id for p in purges])
 
 
 def _purge_objects(rule_id: str, retention_days: str, **context: Any) -> dict[str, Any]:
+    from data_lifecycle.alerts import effective_dry_run
     from data_lifecycle.erasure.soft_deleted import purge_objects_of_due_subjects
 
     rule = next(r for r in POLICY.soft_deleted if r.id == rule_id)
@@ -69,7 +70,7 @@ def _purge_objects(rule_id: str, retention_days: str, **context: Any) -> dict[st
         postgres_conn_id=POLICY.postgres_conn_id,
         aws_conn_id=POLICY.aws_conn_id,
         retention_days=retention_days,
-        dry_run=context["params"]["dry_run"],
+        dry_run=effective_dry_run(context.get("dag_run"), context["params"]),
     )
 
 

@@ -146,6 +146,23 @@ def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -
     )
 
 
+def effective_dry_run(dag_run: Any, params: Any) -> bool:
+    """Whether a run only counts: the ``dry_run`` its conf gives, else true for manual runs only.
+
+    A scheduled, backfill or asset-triggered run gets every Param's default too, so the form's
+    ticked default must not make them dry: for those only an explicit ``dry_run`` in the conf counts.
+    A clear keeps the run's type and conf, so it does what its first try did.
+    """
+    params = params or {}
+    if dag_run is None:  # no run to look at (an operator called by hand): the params say it
+        return bool(params.get("dry_run"))
+    conf = (dag_run.get("conf") if isinstance(dag_run, dict) else getattr(dag_run, "conf", None)) or {}
+    run_type = dag_run.get("run_type") if isinstance(dag_run, dict) else getattr(dag_run, "run_type", None)
+    if "dry_run" in conf or str(getattr(run_type, "value", run_type)) == "manual":
+        return bool(params.get("dry_run"))
+    return False
+
+
 def kill_switch_guard(context: Any) -> None:
     """``pre_execute`` hook of destructive tasks: skip them while the kill switch is off.
 
@@ -155,8 +172,7 @@ def kill_switch_guard(context: Any) -> None:
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowSkipException
 
-    params = context.get("params") or {}
-    if params.get("dry_run"):
+    if effective_dry_run(context.get("dag_run"), context.get("params")):
         return
     value = Variable.get(KILL_SWITCH_VARIABLE, default="true")
     if str(value).strip().lower() in {"false", "0", "off", "no"}:

@@ -224,6 +224,17 @@ class Policy:
     def dag(self, dag_id: str) -> DagSettings:
         return self.dags.get(dag_id, self.dags.get("default", DagSettings()))
 
+    def retention_rules(self, dag_id: str) -> tuple[Any, ...]:
+        """The rules whose ``retention_days`` a manual run of ``dag_id`` may override."""
+        sections = {
+            "cleanup_expired_sessions": self.expired_sessions,
+            "archive_app_logs": self.app_logs,
+            "purge_soft_deleted": self.soft_deleted,
+            "cleanup_s3_objects": self.s3_expiry,
+            "apply_storage_tiers": self.object_archives,
+        }
+        return tuple(sections.get(dag_id, ()))
+
     def tables_with_deletes(self) -> tuple[str, ...]:
         """Every table a delete DAG changes: the assets the vacuum DAG is scheduled on."""
         tables: list[str] = []
