@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
 KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
+# Every Slack call gives up after this long (slack_sdk waits 30 s by default, and retries once):
+# a webhook that accepts and never answers must not hold a task or the run summary.
+SLACK_TIMEOUT_SECONDS = 5
 # Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
 SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
@@ -84,7 +87,12 @@ class SlackFailureNotice:
     def __call__(self, context: Any) -> None:
         from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-        notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=FAILURE_TEXT)
+        notifier = SlackWebhookNotifier(
+            slack_webhook_conn_id=self.slack_conn_id,
+            text=FAILURE_TEXT,
+            timeout=SLACK_TIMEOUT_SECONDS,
+            retry_handlers=[],
+        )
         try:
             notifier(context)
         except Exception:
@@ -95,6 +103,20 @@ class SlackFailureNotice:
 
     def __hash__(self) -> int:
         return hash((type(self), self.slack_conn_id))
+
+
+def post_to_slack(slack_conn_id: str, text: str, *, what: str = "message") -> bool:
+    """Post ``text`` within ``SLACK_TIMEOUT_SECONDS``; an outage is logged and returns False."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    try:
+        SlackWebhookHook(
+            slack_webhook_conn_id=slack_conn_id, timeout=SLACK_TIMEOUT_SECONDS, retry_handlers=[]
+        ).send(text=text)
+        return True
+    except Exception:
+        log.exception("Could not post the %s to Slack (%s)", what, slack_conn_id)
+        return False
 
 
 def lifecycle_default_args(
@@ -140,6 +162,7 @@ def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -
             SLACK_NOTIFIER_PATH,
             kwargs={
                 "slack_webhook_conn_id": slack_conn_id,
+                "timeout": SLACK_TIMEOUT_SECONDS,
                 "text": DEADLINE_TEXT.replace("__INTERVAL__", _human(interval)),
             },
         ),

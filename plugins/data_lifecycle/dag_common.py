@@ -23,6 +23,7 @@ from data_lifecycle.alerts import (
     effective_dry_run,
     kill_switch_guard,
     lifecycle_default_args,
+    post_to_slack,
 )
 from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
@@ -289,17 +290,12 @@ def _action(summary: dict[str, Any]) -> str:
 
 
 def _post_summary(policy: Policy, dag_id: str, run_id: str, results: dict[str, Any]) -> None:
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
     lines = [f":white_check_mark: *{dag_id}* run `{run_id}` finished"]
     for task_id, entry in results.items():
         summary = entry["result"] if isinstance(entry["result"], dict) else {}
         count = summary.get("deleted", summary.get("objects", "-"))
         lines.append(f"• `{task_id}`: {entry['state']}, {count} removed")
-    try:
-        SlackWebhookHook(slack_webhook_conn_id=policy.slack_conn_id).send(text="\n".join(lines))
-    except Exception:
-        log.exception("Could not post the run summary to Slack")
+    post_to_slack(policy.slack_conn_id, "\n".join(lines), what="run summary")
 
 
 def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:

@@ -390,15 +390,10 @@ def deadline_report(smap: SubjectMap, ledger_conn_id: str, anchor: datetime) -> 
 
 
 def post_slack(slack_conn_id: str, text: str) -> bool:
-    """Post ``text``; a Slack outage is logged and does not change the task's outcome."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    """Post ``text`` (bounded in time); a Slack outage is logged and does not change the task's outcome."""
+    from data_lifecycle.alerts import post_to_slack
 
-    try:
-        SlackWebhookHook(slack_webhook_conn_id=slack_conn_id).send(text=text)
-    except Exception:
-        log.exception("Could not post to Slack (%s)", slack_conn_id)
-        return False
-    return True
+    return post_to_slack(slack_conn_id, text, what="erasure notice")
 
 
 ERASE_STEPS = (
