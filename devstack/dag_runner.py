@@ -11,7 +11,8 @@ run in the same process would reuse the first run's rendered values (its ``dry_r
 retention, its resolved Params). In a deployment every task runs on a freshly parsed DAG; here each
 run gets one too.
 
-``dag.test()`` always creates a *manual* run. Runs that stand for the schedule (the demo, most
+``dag.test()`` always creates a *manual* run, with ``run_after`` now unless told otherwise (a
+manual run at a future logical date is refused by the anchor check, as in a deployment). Runs that stand for the schedule (the demo, most
 end-to-end tests) ask for ``run_type="scheduled"``: the same run is then created with the
 scheduled run type, the way the scheduler creates it, so the tasks see what a scheduled run sees
 (for instance, that a manual run's dry-run default does not apply).
@@ -62,7 +63,12 @@ def _created_as(run_type: str) -> Iterator[None]:
     kind = DagRunType(run_type)
 
     def create(*, dag: Any, logical_date: Any, run_after: Any, session: Any, **kwargs: Any) -> Any:
-        # What get_or_create_dagrun does, with the run type (and its run id prefix) of the schedule.
+        # What get_or_create_dagrun does, with the run type (and its run id prefix) of the schedule,
+        # which starts a run once its data interval has ended: run_after is the interval's end.
+        if kwargs["data_interval"] is not None:
+            run_after = kwargs["data_interval"][1]
+        elif logical_date is not None:
+            run_after = logical_date
         DagRun = dagrun_module.DagRun  # noqa: N806 (the model class)
         existing = session.scalar(
             select(DagRun).where(DagRun.dag_id == dag.dag_id, DagRun.logical_date == logical_date)

@@ -419,9 +419,13 @@ def coverage_report(conns: Connections) -> dict[str, Any]:
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
     """The ``Run`` of a task of ``erase_user_data``: its params name a registered request, whose
     sealed subject id is read from the intake table (and kept in memory only)."""
+    from data_lifecycle.cutoff import check_not_after_run
     from data_lifecycle.erasure.intake import lookup
     from data_lifecycle.erasure.subject_map import load_subject_map
 
+    # A future-dated run or request is refused before any step reads or writes (as for cleanups).
+    if context.get("data_interval_end") is not None:
+        check_not_after_run(context["data_interval_end"], context, what="The run's data_interval_end")
     smap = load_subject_map()
     keys = subject_keys(smap)
     params = context["params"]
@@ -445,6 +449,8 @@ def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
             "dry_run": params.get("dry_run", True),
         }
     )
+    if request.requested_at is not None:
+        check_not_after_run(request.requested_at, context, what="requested_at")
     return Run(smap, conns, keys, request, dag_id=context["ti"].dag_id, run_id=context["run_id"])
 
 
