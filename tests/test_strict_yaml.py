@@ -128,9 +128,9 @@ POLICY_MISTAKES = [
         id="huge-object-count",
     ),
     pytest.param(
-        "        expiration_days: 2555\n",
+        "        expiration_days: 2465\n",
         "        expiration_days: 1000000\n",
-        r"storage_tiers\[0\] \(rule 'logs_bucket'\), field 'rules': .*lifecycle-logs-tiers.*expiration_days must be an integer >= 1 and <= 36500",
+        r"storage_tiers\[2\] \(rule 'log_archive_bucket'\), field 'rules': .*lifecycle-log-archive.*expiration_days must be an integer >= 1 and <= 36500",
         id="huge-lifecycle-expiration",
     ),
     pytest.param(
