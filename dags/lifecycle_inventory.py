@@ -40,6 +40,7 @@ def lifecycle_inventory() -> None:
 
         @task(task_id=f"inventory_{bucket.replace('-', '_').replace('.', '_')}", pool=S3_POOL)
         def count_bucket(bucket: str = bucket, **context: Any) -> dict[str, Any]:
+            from data_lifecycle.alerts import effective_dry_run
             from data_lifecycle.cutoff import run_anchor
             from data_lifecycle.inventory import take_inventory
 
@@ -50,7 +51,7 @@ def lifecycle_inventory() -> None:
                 depth=POLICY.inventory.prefix_depth,
                 aws_conn_id=POLICY.aws_conn_id,
                 postgres_conn_id=POLICY.postgres_conn_id,
-                dry_run=bool(context["params"]["dry_run"]),
+                dry_run=effective_dry_run(context.get("dag_run"), context["params"]),
             )
 
         count_bucket()

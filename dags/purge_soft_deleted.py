@@ -54,7 +54,7 @@ def purge_soft_deleted() -> None:
         purge = PostgresBatchedDeleteOperator(**batched_delete_kwargs(POLICY, rule))
         if rule.table == SUBJECT_MAP.subject.table and SUBJECT_MAP.buckets:
             objects = task(task_id=f"purge_objects_{rule.id}", **destructive(pool=S3_POOL))(_purge_objects)
-            purge_objects = objects(rule_id=rule.id, retention_days=retention_template(rule.retention_days))
+            purge_objects = objects(rule_id=rule.id, retention_days=retention_template(rule))
             purge_objects >> purge
             object_purges.append(purge_objects)
         purges.append(purge)
@@ -64,6 +64,7 @@ def purge_soft_deleted() -> None:
 
 
 def _purge_objects(rule_id: str, retention_days: str, **context: Any) -> dict[str, Any]:
+    from data_lifecycle.alerts import effective_dry_run
     from data_lifecycle.erasure.soft_deleted import purge_objects_of_due_subjects
 
     rule = next(r for r in POLICY.soft_deleted if r.id == rule_id)
@@ -74,7 +75,7 @@ def _purge_objects(rule_id: str, retention_days: str, **context: Any) -> dict[st
         postgres_conn_id=POLICY.postgres_conn_id,
         aws_conn_id=POLICY.aws_conn_id,
         retention_days=retention_days,
-        dry_run=context["params"]["dry_run"],
+        dry_run=effective_dry_run(context.get("dag_run"), context["params"]),
     )
 
 

@@ -18,7 +18,7 @@ from operator import or_
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag
 
-from data_lifecycle.dag_common import lifecycle_dag_kwargs, run_summary, table_asset
+from data_lifecycle.dag_common import DRY_RUN_TEMPLATE, lifecycle_dag_kwargs, run_summary, table_asset
 from data_lifecycle.operators.postgres import PostgresVacuumAnalyzeOperator
 from data_lifecycle.policy import load_policy
 
@@ -48,7 +48,7 @@ def vacuum_analyze() -> None:
         tables=list(POLICY.vacuum.tables) or None,
         threshold=POLICY.vacuum.dead_tuple_threshold,
         scale_factor=POLICY.vacuum.scale_factor,
-        dry_run="{{ params.dry_run }}",
+        dry_run=DRY_RUN_TEMPLATE,
         pool="lifecycle_postgres_heavy",
     )
     vacuum >> run_summary(POLICY, dag_id="vacuum_analyze", target_task_ids=[vacuum.task_id])

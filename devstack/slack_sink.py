@@ -3,6 +3,8 @@
 Every POST is appended as one JSON line (path, body, time) to a file that tests and the demo read,
 and answered ``ok`` like Slack does. ``POST /_control`` with ``{"status": 500}`` makes the sink
 answer that status to webhook posts (to test "Slack is down"); ``{"status": 200}`` restores it.
+``{"hang": true}`` makes it accept webhook posts and never answer (up to ``HANG_LIMIT_SECONDS``),
+like a webhook endpoint behind a stuck proxy; ``{"hang": false}`` or a status restores it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 CONTROL_PATH = "/_control"
+# A hanging answer is released after this long, so no test or demo thread waits forever.
+HANG_LIMIT_SECONDS = 120
 
 
 class SinkState:
@@ -23,6 +27,8 @@ class SinkState:
         self.out = out
         self.status = 200
         self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.released.set()
 
     def record(self, path: str, body: Any) -> None:
         line = json.dumps({"path": path, "body": body, "received_at": time.time()})
@@ -54,7 +60,14 @@ def make_handler(state: SinkState) -> type[BaseHTTPRequestHandler]:
             body = self._read_body()
             if self.path == CONTROL_PATH:
                 state.status = int(body.get("status", 200))
+                if body.get("hang"):
+                    state.released.clear()
+                else:
+                    state.released.set()
                 self._answer(200, "ok")
+                return
+            if not state.released.is_set():
+                state.released.wait(HANG_LIMIT_SECONDS)  # read the post, then say nothing
                 return
             if state.status != 200:
                 self._answer(state.status, "sink told to fail")

@@ -90,7 +90,9 @@ def test_pendulum_anchor_becomes_a_plain_aware_utc_datetime():
     import pendulum
 
     anchor = pendulum.datetime(2027, 4, 1, 8, tz="Europe/Berlin")
-    cutoff = compute_cutoff({"data_interval_end": anchor}, timedelta(days=1))
+    cutoff = compute_cutoff(
+        {"data_interval_end": anchor, "dag_run": SimpleNamespace(run_after=anchor)}, timedelta(days=1)
+    )
     assert type(cutoff) is datetime
     assert cutoff.isoformat() == "2027-03-31T06:00:00+00:00"
     assert cutoff < datetime(2027, 3, 31, 6, 0, 1, tzinfo=UTC)

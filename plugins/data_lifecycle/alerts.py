@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
 KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
+# Every Slack call gives up after this long (slack_sdk waits 30 s by default, and retries once):
+# a webhook that accepts and never answers must not hold a task or the run summary.
+SLACK_TIMEOUT_SECONDS = 5
 # Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
 SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
@@ -90,7 +93,12 @@ class SlackFailureNotice:
         from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
         text = FAILURE_TEXT.replace("__NEXT__", next_try_text(context, retrying=self.retrying))
-        notifier = SlackWebhookNotifier(slack_webhook_conn_id=self.slack_conn_id, text=text)
+        notifier = SlackWebhookNotifier(
+            slack_webhook_conn_id=self.slack_conn_id,
+            text=text,
+            timeout=SLACK_TIMEOUT_SECONDS,
+            retry_handlers=[],
+        )
         try:
             notifier(context)
         except Exception:
@@ -137,6 +145,20 @@ def next_try_text(context: Any, *, retrying: bool) -> str:
     return f"Retry follows: try {try_number + 1}{total} not before {earliest} (in {window})."
 
 
+def post_to_slack(slack_conn_id: str, text: str, *, what: str = "message") -> bool:
+    """Post ``text`` within ``SLACK_TIMEOUT_SECONDS``; an outage is logged and returns False."""
+    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+    try:
+        SlackWebhookHook(
+            slack_webhook_conn_id=slack_conn_id, timeout=SLACK_TIMEOUT_SECONDS, retry_handlers=[]
+        ).send(text=text)
+        return True
+    except Exception:
+        log.exception("Could not post the %s to Slack (%s)", what, slack_conn_id)
+        return False
+
+
 def lifecycle_default_args(
     task_kind: str,
     *,
@@ -181,10 +203,28 @@ def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -
             SLACK_NOTIFIER_PATH,
             kwargs={
                 "slack_webhook_conn_id": slack_conn_id,
+                "timeout": SLACK_TIMEOUT_SECONDS,
                 "text": DEADLINE_TEXT.replace("__INTERVAL__", _human(interval)),
             },
         ),
     )
+
+
+def effective_dry_run(dag_run: Any, params: Any) -> bool:
+    """Whether a run only counts: the ``dry_run`` its conf gives, else true for manual runs only.
+
+    A scheduled, backfill or asset-triggered run gets every Param's default too, so the form's
+    ticked default must not make them dry: for those only an explicit ``dry_run`` in the conf counts.
+    A clear keeps the run's type and conf, so it does what its first try did.
+    """
+    params = params or {}
+    if dag_run is None:  # no run to look at (an operator called by hand): the params say it
+        return bool(params.get("dry_run"))
+    conf = (dag_run.get("conf") if isinstance(dag_run, dict) else getattr(dag_run, "conf", None)) or {}
+    run_type = dag_run.get("run_type") if isinstance(dag_run, dict) else getattr(dag_run, "run_type", None)
+    if "dry_run" in conf or str(getattr(run_type, "value", run_type)) == "manual":
+        return bool(params.get("dry_run"))
+    return False
 
 
 def kill_switch_guard(context: Any) -> None:
@@ -196,8 +236,7 @@ def kill_switch_guard(context: Any) -> None:
     from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowSkipException
 
-    params = context.get("params") or {}
-    if params.get("dry_run"):
+    if effective_dry_run(context.get("dag_run"), context.get("params")):
         return
     value = Variable.get(KILL_SWITCH_VARIABLE, default="true")
     if str(value).strip().lower() in {"false", "0", "off", "no"}:

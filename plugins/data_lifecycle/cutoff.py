@@ -3,10 +3,17 @@
 ``anchor = data_interval_end or dag_run.run_after`` and ``cutoff = anchor - retention``. Never the
 wall clock: a cleared or backfilled run has the same anchor as the first try, so it selects the same
 rows and objects, and a second run of the same interval finds nothing left to do.
+
+An anchor may lie in the past (reruns, backfills), never after the run's own ``run_after`` plus a
+small skew: a manual run's logical date and data interval are free input in the trigger form and
+the REST API, and a date a year ahead would move every cutoff a year forward. Airflow never starts
+a run before its ``run_after``, so comparing with it (not with the clock) refuses that input while
+runs at a chosen past or present date keep working.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -16,22 +23,66 @@ from data_lifecycle.exceptions import LifecycleConfigError
 
 # Retention below this is almost always a mistake (a unit slip, a template rendering to 0).
 DEFAULT_RETENTION_FLOOR = timedelta(days=1)
+MAX_RETENTION_DAYS = 36_500
 
 _DIGITS = re.compile(r"^\s*\d+\s*$")
 
+# How far an anchor may lie after the run's run_after (clock differences, rounding of intervals).
+ANCHOR_SKEW_ENV = "LIFECYCLE_ANCHOR_SKEW_SECONDS"
+DEFAULT_ANCHOR_SKEW = timedelta(minutes=5)
+MAX_ANCHOR_SKEW = timedelta(days=1)
+
 
 def run_anchor(context: Mapping[str, Any]) -> datetime:
-    """The end of the run's data interval, else its ``run_after`` (manual runs without a date)."""
+    """The end of the run's data interval, else its ``run_after``; refused if after ``run_after``."""
+    run_after = _run_after(context)
     anchor = context.get("data_interval_end")
     if anchor is None:
-        dag_run = context.get("dag_run")
-        anchor = getattr(dag_run, "run_after", None)
-        if anchor is None and isinstance(dag_run, Mapping):
-            anchor = dag_run.get("run_after")
+        anchor = run_after
     if anchor is None:
         raise LifecycleConfigError(
             "Cannot compute a cutoff: the context has neither data_interval_end nor dag_run.run_after."
         )
+    anchor = _utc(anchor)
+    check_not_after_run(anchor, context, what="The run's anchor (data_interval_end)")
+    return anchor
+
+
+def check_not_after_run(moment: datetime, context: Mapping[str, Any], *, what: str) -> None:
+    """Refuse ``moment`` later than the run's ``run_after`` plus the allowed skew, before any write."""
+    run_after = _run_after(context)
+    if run_after is None:
+        raise LifecycleConfigError(f"Cannot check {what}: the context has no dag_run.run_after.")
+    skew = anchor_skew()
+    if _utc(moment) > _utc(run_after) + skew:
+        raise LifecycleConfigError(
+            f"{what} {_utc(moment).isoformat()} is after the run's run_after {_utc(run_after).isoformat()} "
+            f"(allowed skew {int(skew.total_seconds())} s): a future date would move every cutoff forward "
+            "and remove data still inside its retention. Nothing was changed. To process a past date, "
+            "trigger the run with that logical date or backfill it; to shorten retention for one run, "
+            f"use the retention_days override. The skew is set by {ANCHOR_SKEW_ENV}."
+        )
+
+
+def anchor_skew() -> timedelta:
+    """``LIFECYCLE_ANCHOR_SKEW_SECONDS`` (0 to 86,400), else 5 minutes."""
+    raw = os.environ.get(ANCHOR_SKEW_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_ANCHOR_SKEW
+    if not _DIGITS.match(raw) or timedelta(seconds=int(raw)) > MAX_ANCHOR_SKEW:
+        raise LifecycleConfigError(f"{ANCHOR_SKEW_ENV} must be 0 to 86400 seconds, got {raw!r}")
+    return timedelta(seconds=int(raw))
+
+
+def _run_after(context: Mapping[str, Any]) -> datetime | None:
+    dag_run = context.get("dag_run")
+    value = getattr(dag_run, "run_after", None)
+    if value is None and isinstance(dag_run, Mapping):
+        value = dag_run.get("run_after")
+    return None if value is None else _utc(value)
+
+
+def _utc(anchor: Any) -> datetime:
     if isinstance(anchor, str):
         anchor = datetime.fromisoformat(anchor)
     offset = anchor.utcoffset()
@@ -62,6 +113,8 @@ def parse_retention_days(
         value = int(value)
     if not isinstance(value, int):
         raise LifecycleConfigError(f"{field} must be a whole number of days, got {value!r}")
+    if value > MAX_RETENTION_DAYS:
+        raise LifecycleConfigError(f"{field}={value} is above {MAX_RETENTION_DAYS} days (a hundred years)")
     retention = timedelta(days=value)
     if retention < floor or value <= 0:
         raise LifecycleConfigError(

@@ -19,7 +19,15 @@ from typing import Any
 
 from airflow.sdk import Asset, Param, task
 
-from data_lifecycle.alerts import APPROVED_TAGS, deadline_alert, kill_switch_guard, lifecycle_default_args
+from data_lifecycle.alerts import (
+    APPROVED_TAGS,
+    deadline_alert,
+    effective_dry_run,
+    kill_switch_guard,
+    lifecycle_default_args,
+    post_to_slack,
+)
+from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.facts import BYTES_BEFORE_XCOM, record_bytes_before, s3_rows, write_run_facts
 from data_lifecycle.policy import Policy
@@ -48,30 +56,76 @@ def table_asset(conn_id: str, table: str) -> Asset:
     return Asset(name=f"lifecycle_table/{conn_id}/{table}")
 
 
-def lifecycle_params(*, retention_floor_days: int | None) -> dict[str, Param]:
-    """Params for manual runs: a dry run switch and, where it makes sense, a bounded retention."""
+def lifecycle_params(*, retention_rules: Sequence[Any] | None) -> dict[str, Param]:
+    """Params for manual runs: a dry run switch (ticked) and, where it makes sense, a bounded retention.
+
+    The override may keep data longer than a rule says, never shorter than the rule's
+    ``override_floor_days`` (its own retention unless the policy declares less). One override applies
+    to every rule of the DAG, so the form's minimum is the highest of their floors; the form lists
+    each rule's bound, and the task refuses again before it deletes anything.
+    """
     params = {
         "dry_run": Param(
-            False,
+            True,
             type="boolean",
             title="Dry run",
-            description="Count and log what would be removed; change nothing.",
+            description="Manual runs count and log what would be removed and change nothing unless "
+            "this is unticked. Scheduled runs, backfills and clears without it do the real work.",
         ),
     }
-    if retention_floor_days is not None:
+    if retention_rules:
+        floor = max(_override_floor(rule) for rule in retention_rules)
+        bounds = "; ".join(
+            f"`{rule.id}`: policy {rule.retention_days}, at least {_override_floor(rule)}"
+            for rule in retention_rules
+        )
         params["retention_days"] = Param(
             None,
             type=["null", "integer"],
-            minimum=retention_floor_days,
+            minimum=floor,
+            maximum=MAX_DAYS,
             title="Retention override (days)",
-            description=f"Keep this many days instead of the policy's (at least {retention_floor_days}).",
+            description=f"Keep this many days instead of the policy's (at least {floor}). "
+            f"Per rule (days): {bounds}.",
         )
     return params
 
 
-def retention_template(policy_days: int) -> str:
-    """Templated retention: the run's override if given, else the policy's value."""
-    return f"{{{{ params.retention_days if params.retention_days is not none else {policy_days:d} }}}}"
+def _override_floor(rule: Any) -> int:
+    return int(rule.override_floor_days or rule.retention_days)
+
+
+def retention_template(rule: Any) -> str:
+    """Templated retention: the run's override if given and allowed for ``rule``, else the policy's."""
+    return (
+        f"{{{{ lifecycle_retention_days(params.retention_days, {int(rule.retention_days):d}, "
+        f"{_override_floor(rule):d}, '{rule.id}') }}}}"
+    )
+
+
+def override_retention_days(override: Any, policy_days: int, floor_days: int, rule_id: str) -> int:
+    """The retention a run uses; an override below the rule's floor is refused before any write.
+
+    The trigger form already refuses it; this catches every other way a run gets its conf.
+    """
+    if override is None:
+        return policy_days
+    if isinstance(override, bool) or not isinstance(override, int):
+        raise LifecycleConfigError(
+            f"retention_days override must be a whole number of days, got {override!r}"
+        )
+    if override < floor_days:
+        raise LifecycleConfigError(
+            f"retention_days={override} is below the floor of rule '{rule_id}' ({floor_days} days; the "
+            f"policy keeps {policy_days}). Lower the rule's override_floor_days in the policy to allow it."
+        )
+    if override > MAX_DAYS:
+        raise LifecycleConfigError(f"retention_days={override} is above {MAX_DAYS} days")
+    return override
+
+
+DRY_RUN_TEMPLATE = "{{ lifecycle_dry_run(dag_run, params) }}"
+MACROS = {"lifecycle_dry_run": effective_dry_run, "lifecycle_retention_days": override_retention_days}
 
 
 def lifecycle_dag_kwargs(
@@ -113,9 +167,8 @@ def lifecycle_dag_kwargs(
         ),
         "params": params
         if params is not None
-        else lifecycle_params(
-            retention_floor_days=settings.retention_floor_days if retention_override else None
-        ),
+        else lifecycle_params(retention_rules=policy.retention_rules(dag_id) if retention_override else None),
+        "user_defined_macros": dict(MACROS),
     }
 
 
@@ -293,17 +346,12 @@ def _action(summary: dict[str, Any]) -> str:
 
 
 def _post_summary(policy: Policy, dag_id: str, run_id: str, results: dict[str, Any]) -> None:
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
     lines = [f":white_check_mark: *{dag_id}* run `{run_id}` finished"]
     for task_id, entry in results.items():
         summary = entry["result"] if isinstance(entry["result"], dict) else {}
         count = summary.get("deleted", summary.get("objects", "-"))
         lines.append(f"• `{task_id}`: {entry['state']}, {count} removed")
-    try:
-        SlackWebhookHook(slack_webhook_conn_id=policy.slack_conn_id).send(text="\n".join(lines))
-    except Exception:
-        log.exception("Could not post the run summary to Slack")
+    post_to_slack(policy.slack_conn_id, "\n".join(lines), what="run summary")
 
 
 def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
@@ -313,7 +361,7 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "postgres_conn_id": policy.postgres_conn_id,
         "table": rule.table,
         "timestamp_column": rule.timestamp_column,
-        "retention_days": retention_template(rule.retention_days),
+        "retention_days": retention_template(rule),
         "children": [{"table": c.table, "column": c.column} for c in rule.children],
         "target_batch_seconds": rule.batch.target_seconds,
         "min_batch_size": rule.batch.min_size,
@@ -326,7 +374,7 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "allow_large_delete": rule.allow_large_delete,
         "timezone": rule.timezone,
         "naive_is_utc": rule.naive_is_utc,
-        "dry_run": "{{ params.dry_run }}",
+        "dry_run": DRY_RUN_TEMPLATE,
         "outlets": [
             table_asset(policy.postgres_conn_id, t) for t in (*(c.table for c in rule.children), rule.table)
         ],
@@ -360,11 +408,11 @@ def expiry_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         aws_conn_id=policy.aws_conn_id,
         bucket=rule.bucket,
         prefix=rule.prefix,
-        retention_days=retention_template(rule.retention_days),
+        retention_days=retention_template(rule),
         include_versions=rule.include_versions,
         max_objects=rule.max_objects,
         allow_whole_bucket=rule.allow_whole_bucket,
-        dry_run="{{ params.dry_run }}",
+        dry_run=DRY_RUN_TEMPLATE,
         pool=S3_POOL,
     )
 
@@ -379,8 +427,8 @@ def object_archive_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         dest_bucket=rule.dest_bucket,
         dest_prefix=rule.dest_prefix,
         storage_class=rule.storage_class,
-        retention_days=retention_template(rule.retention_days),
-        dry_run="{{ params.dry_run }}",
+        retention_days=retention_template(rule),
+        dry_run=DRY_RUN_TEMPLATE,
         pool=S3_POOL,
     )
 
@@ -392,7 +440,7 @@ def lifecycle_kwargs(policy: Policy, tiers: Any) -> dict[str, Any]:
         "aws_conn_id": policy.aws_conn_id,
         "bucket": tiers.bucket,
         "rules": [dict(rule) for rule in tiers.rules],
-        "dry_run": "{{ params.dry_run }}",
+        "dry_run": DRY_RUN_TEMPLATE,
         "pool": S3_POOL,
     }
 
@@ -405,7 +453,7 @@ def partition_premake_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "table": rule.table,
         "months_ahead": rule.premake_months,
         "interval": rule.interval,
-        "dry_run": "{{ params.dry_run }}",
+        "dry_run": DRY_RUN_TEMPLATE,
         "pool": POSTGRES_POOL,
     }
 
@@ -419,7 +467,7 @@ def partition_retention_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "retention_months": rule.retention_months,
         "mode": rule.mode,
         "delete_default_rows": rule.default_partition_rows == "delete",
-        "dry_run": "{{ params.dry_run }}",
+        "dry_run": DRY_RUN_TEMPLATE,
         "pool": POSTGRES_POOL,
         "outlets": [table_asset(policy.postgres_conn_id, rule.table)],
     }

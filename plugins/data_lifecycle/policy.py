@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from data_lifecycle.config_fields import IDENTIFIER, QUALIFIED_TABLE, load_yaml_file
+from data_lifecycle.config_fields import (
+    IDENTIFIER,
+    MAX_BATCH_ROWS,
+    MAX_COUNT,
+    MAX_MILLISECONDS,
+    MAX_MINUTES,
+    MAX_MONTHS,
+    MAX_SECONDS,
+    QUALIFIED_TABLE,
+    load_yaml_file,
+)
 from data_lifecycle.config_fields import ConfigFields as _Fields
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.s3_lifecycle_rules import validate_rules
@@ -68,6 +78,7 @@ class TableRule:
     table: str
     timestamp_column: str
     retention_days: int
+    override_floor_days: int | None = None
     children: tuple[ChildTable, ...] = ()
     archive: ArchiveTarget | None = None
     batch: BatchSettings = field(default_factory=BatchSettings)
@@ -105,6 +116,7 @@ class ExpiryRule:
     bucket: str
     prefix: str
     retention_days: int
+    override_floor_days: int | None = None
     include_versions: bool = False
     max_objects: int = 100_000
     allow_whole_bucket: bool = False
@@ -121,6 +133,7 @@ class ObjectArchiveRule:
     dest_prefix: str | None
     storage_class: str
     retention_days: int
+    override_floor_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +224,17 @@ class Policy:
     def dag(self, dag_id: str) -> DagSettings:
         return self.dags.get(dag_id, self.dags.get("default", DagSettings()))
 
+    def retention_rules(self, dag_id: str) -> tuple[Any, ...]:
+        """The rules whose ``retention_days`` a manual run of ``dag_id`` may override."""
+        sections = {
+            "cleanup_expired_sessions": self.expired_sessions,
+            "archive_app_logs": self.app_logs,
+            "purge_soft_deleted": self.soft_deleted,
+            "cleanup_s3_objects": self.s3_expiry,
+            "apply_storage_tiers": self.object_archives,
+        }
+        return tuple(sections.get(dag_id, ()))
+
     def tables_with_deletes(self) -> tuple[str, ...]:
         """Every table a delete DAG changes: the assets the vacuum DAG is scheduled on."""
         tables: list[str] = []
@@ -228,7 +252,9 @@ def _archive(raw: Any, where: str, source: str) -> ArchiveTarget | None:
     target = ArchiveTarget(
         bucket=f.bucket("bucket"),
         prefix=f.get("prefix", str, "").strip("/"),
-        min_object_bytes=f.positive_int("min_object_bytes", DEFAULT_MIN_OBJECT_BYTES),
+        min_object_bytes=f.positive_int(
+            "min_object_bytes", DEFAULT_MIN_OBJECT_BYTES, maximum=5 * 1024**4
+        ),  # S3 objects are at most 5 TiB
     )
     f.done()
     return target
@@ -240,12 +266,14 @@ def _batch(raw: Any, where: str, source: str) -> BatchSettings:
     f = _Fields(raw, f"{where} batch", source)
     d = BatchSettings()
     settings = BatchSettings(
-        target_seconds=float(f.positive_number("target_seconds", d.target_seconds)),
-        min_size=f.positive_int("min_size", d.min_size),
-        max_size=f.positive_int("max_size", d.max_size),
-        sleep_seconds=float(f.get("sleep_seconds", (int, float), d.sleep_seconds)),
-        lock_timeout_ms=f.positive_int("lock_timeout_ms", d.lock_timeout_ms),
-        statement_timeout_ms=f.positive_int("statement_timeout_ms", d.statement_timeout_ms),
+        target_seconds=float(f.positive_number("target_seconds", d.target_seconds, maximum=3_600)),
+        min_size=f.positive_int("min_size", d.min_size, maximum=MAX_BATCH_ROWS),
+        max_size=f.positive_int("max_size", d.max_size, maximum=MAX_BATCH_ROWS),
+        sleep_seconds=float(f.number("sleep_seconds", d.sleep_seconds, maximum=60, open_min=False)),
+        lock_timeout_ms=f.positive_int("lock_timeout_ms", d.lock_timeout_ms, maximum=MAX_MILLISECONDS),
+        statement_timeout_ms=f.positive_int(
+            "statement_timeout_ms", d.statement_timeout_ms, maximum=MAX_MILLISECONDS
+        ),
     )
     if settings.min_size > settings.max_size:
         f.fail("min_size", f"({settings.min_size}) is larger than max_size ({settings.max_size})")
@@ -276,9 +304,19 @@ def _rule_fields(raw: Any, section: str, index: int, source: str) -> _Fields:
 
 
 def _retention(f: _Fields, key: str, floor: int) -> int:
-    days = f.get(key, int)
+    days = f.days(key)
     if days < floor:
         f.fail(key, f"must be at least {floor} (the retention floor), got {days}")
+    return int(days)
+
+
+def _override_floor(f: _Fields, retention_days: int, floor: int) -> int:
+    """The shortest retention a manual run may ask for: the rule's own, unless it declares less."""
+    days = f.days("override_floor_days", retention_days)
+    if days < floor:
+        f.fail("override_floor_days", f"must be at least {floor} (the retention floor), got {days}")
+    if days > retention_days:
+        f.fail("override_floor_days", f"({days}) is above the rule's retention_days ({retention_days})")
     return int(days)
 
 
@@ -291,20 +329,20 @@ def _table_rules(raw: Any, section: str, source: str, floor: int) -> tuple[Table
             cf = _Fields(child, f"{f.where} children[{j}]", source)
             children.append(ChildTable(table=cf.table("table"), column=cf.identifier("column")))
             cf.done()
-        fraction = float(f.get("max_delete_fraction", (int, float), 0.5))
-        if not 0 < fraction <= 1:
-            f.fail("max_delete_fraction", f"must be in (0, 1], got {fraction}")
+        fraction = float(f.fraction("max_delete_fraction", 0.5))
+        retention_days = _retention(f, "retention_days", floor)
         rules.append(
             TableRule(
                 id=f.get("id", str),
                 table=f.table("table"),
                 timestamp_column=f.identifier("timestamp_column"),
-                retention_days=_retention(f, "retention_days", floor),
+                retention_days=retention_days,
+                override_floor_days=_override_floor(f, retention_days, floor),
                 children=tuple(children),
                 archive=_archive(f.get("archive", dict, None), f.where, source),
                 batch=_batch(f.get("batch", dict, None), f.where, source),
-                max_runtime_minutes=f.positive_int("max_runtime_minutes", None),
-                max_rows=f.positive_int("max_rows", None),
+                max_runtime_minutes=f.positive_int("max_runtime_minutes", None, maximum=MAX_MINUTES),
+                max_rows=f.positive_int("max_rows", None, maximum=MAX_COUNT),
                 max_delete_fraction=fraction,
                 allow_large_delete=f.get("allow_large_delete", bool, False),
                 timezone=_timezone(f, "timezone"),
@@ -324,8 +362,8 @@ def _partition_rules(raw: Any, source: str) -> tuple[PartitionRule, ...]:
         rule = PartitionRule(
             id=f.get("id", str),
             table=f.table("table"),
-            retention_months=f.positive_int("retention_months"),
-            premake_months=f.positive_int("premake_months", 3),
+            retention_months=f.positive_int("retention_months", maximum=MAX_MONTHS),
+            premake_months=f.positive_int("premake_months", 3, maximum=120),
             mode=f.choice("mode", PARTITION_MODES, "drop"),
             archive_schema=f.identifier("archive_schema", "archive"),
             archive=_archive(f.get("archive", dict, None), f.where, source),
@@ -343,13 +381,15 @@ def _expiry_rules(raw: Any, source: str, floor: int) -> tuple[ExpiryRule, ...]:
     rules = []
     for i, item in enumerate(_list(raw, "s3_expiry", source)):
         f = _rule_fields(item, "s3_expiry", i, source)
+        retention_days = _retention(f, "retention_days", floor)
         rule = ExpiryRule(
             id=f.get("id", str),
             bucket=f.bucket("bucket"),
             prefix=f.get("prefix", str),
-            retention_days=_retention(f, "retention_days", floor),
+            retention_days=retention_days,
+            override_floor_days=_override_floor(f, retention_days, floor),
             include_versions=f.get("include_versions", bool, False),
-            max_objects=f.positive_int("max_objects", 100_000),
+            max_objects=f.positive_int("max_objects", 100_000, maximum=MAX_COUNT),
             allow_whole_bucket=f.get("allow_whole_bucket", bool, False),
         )
         if not rule.prefix.strip("/") and not rule.allow_whole_bucket:
@@ -380,6 +420,7 @@ def _object_archive_rules(raw: Any, source: str, floor: int) -> tuple[ObjectArch
     rules = []
     for i, item in enumerate(_list(raw, "object_archives", source)):
         f = _rule_fields(item, "object_archives", i, source)
+        retention_days = _retention(f, "retention_days", floor)
         rules.append(
             ObjectArchiveRule(
                 id=f.get("id", str),
@@ -388,7 +429,8 @@ def _object_archive_rules(raw: Any, source: str, floor: int) -> tuple[ObjectArch
                 dest_bucket=f.bucket("dest_bucket"),
                 dest_prefix=f.get("dest_prefix", str, None),
                 storage_class=f.choice("storage_class", ARCHIVE_STORAGE_CLASSES, "GLACIER"),
-                retention_days=_retention(f, "retention_days", floor),
+                retention_days=retention_days,
+                override_floor_days=_override_floor(f, retention_days, floor),
             )
         )
         rule = rules[-1]
@@ -420,8 +462,8 @@ def _vacuum(raw: Any, source: str) -> VacuumSettings:
     settings = VacuumSettings(
         schemas=tuple(schemas),
         tables=tuple(tables),
-        dead_tuple_threshold=f.positive_int("dead_tuple_threshold", 1_000, minimum=0),
-        scale_factor=float(f.get("scale_factor", (int, float), 0.05)),
+        dead_tuple_threshold=f.positive_int("dead_tuple_threshold", 1_000, minimum=0, maximum=MAX_COUNT),
+        scale_factor=float(f.fraction("scale_factor", 0.05)),
     )
     f.done()
     return settings
@@ -442,7 +484,9 @@ def _inventory(raw: Any, source: str) -> InventorySettings:
             )
         )
         r.done()
-    settings = InventorySettings(prefix_depth=f.positive_int("prefix_depth", 1), reports=tuple(reports))
+    settings = InventorySettings(
+        prefix_depth=f.positive_int("prefix_depth", 1, maximum=32), reports=tuple(reports)
+    )
     f.done()
     return settings
 
@@ -465,12 +509,16 @@ def _dag_settings(raw: Any, source: str) -> dict[str, DagSettings]:
 def _one_dag(raw: Any, where: str, source: str, base: DagSettings) -> DagSettings:
     f = _Fields(raw or {}, where, source)
     settings = DagSettings(
-        deadline_minutes=f.positive_int("deadline_minutes", base.deadline_minutes),
-        retries=f.positive_int("retries", base.retries, minimum=2),
-        retry_delay_seconds=f.positive_int("retry_delay_seconds", base.retry_delay_seconds),
-        max_retry_delay_seconds=f.positive_int("max_retry_delay_seconds", base.max_retry_delay_seconds),
+        deadline_minutes=f.positive_int("deadline_minutes", base.deadline_minutes, maximum=MAX_MINUTES),
+        retries=f.positive_int("retries", base.retries, minimum=2, maximum=20),
+        retry_delay_seconds=f.positive_int(
+            "retry_delay_seconds", base.retry_delay_seconds, maximum=MAX_SECONDS
+        ),
+        max_retry_delay_seconds=f.positive_int(
+            "max_retry_delay_seconds", base.max_retry_delay_seconds, maximum=MAX_SECONDS
+        ),
         notify_success=f.get("notify_success", bool, base.notify_success),
-        retention_floor_days=f.positive_int("retention_floor_days", base.retention_floor_days),
+        retention_floor_days=f.days("retention_floor_days", base.retention_floor_days),
     )
     f.done()
     return settings

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.pricing import MIN_STORAGE_DAYS
 
@@ -73,9 +74,9 @@ class LifecycleDiff:
 
 
 def _positive_int(rule_id: str, name: str, value: Any, *, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_DAYS:
         raise LifecycleConfigError(
-            f"Lifecycle rule {rule_id!r}: {name} must be an integer >= {minimum}, got {value!r}"
+            f"Lifecycle rule {rule_id!r}: {name} must be an integer >= {minimum} and <= {MAX_DAYS}, got {value!r}"
         )
     return value
 

@@ -136,10 +136,26 @@ def dreamseed(pg: Any, s3_client: Any, lifecycle_env: LifecycleEnv) -> DemoS3:
 
 
 def run_dag(
-    dagbag: Any, dag_id: str, logical_date: datetime | None = ANCHOR, conf: dict[str, Any] | None = None
+    dagbag: Any,
+    dag_id: str,
+    logical_date: datetime | None = ANCHOR,
+    conf: dict[str, Any] | None = None,
+    *,
+    run_type: str = "scheduled",
+    run_after: datetime | None = None,
 ) -> Any:
-    """Run one DAG with ``dag.test()``; returns the DagRun (its ``state`` is checked by the caller)."""
-    return test_run(dagbag.dags[dag_id], logical_date=logical_date, conf=conf)
+    """Run one DAG with ``dag.test()``, by default as the scheduler would (a scheduled run).
+
+    A manual run is triggered at ``run_after`` (default: its logical date, a run "at" that day).
+    Returns the DagRun (its ``state`` is checked by the caller).
+    """
+    return test_run(
+        dagbag.dags[dag_id],
+        logical_date=logical_date,
+        conf=conf,
+        run_type=run_type,
+        run_after=run_after or logical_date,
+    )
 
 
 def count(pg: Any, query: str, *params: Any) -> int:

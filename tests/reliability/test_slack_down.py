@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from data_lifecycle.alerts import SlackFailureNotice
+from data_lifecycle.alerts import SLACK_TIMEOUT_SECONDS, SlackFailureNotice
 from data_lifecycle.exceptions import GuardrailTripped
 from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
 from devstack.slack_sink import CONTROL_PATH, SinkState, make_handler
@@ -51,12 +52,21 @@ class Sink:
         with urllib.request.urlopen(request, timeout=5):
             pass
 
+    def hang(self, on: bool = True) -> None:
+        """Accept webhook posts and never answer them (``on=False`` answers again)."""
+        request = urllib.request.Request(
+            self.url + CONTROL_PATH, data=json.dumps({"hang": on}).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5):
+            pass
+
     def texts(self) -> list[str]:
         return [
             json.loads(line)["body"].get("text", "") for line in self.out.read_text().splitlines() if line
         ]
 
     def close(self) -> None:
+        self.hang(False)
         self.server.shutdown()
         self.server.server_close()
 
@@ -217,3 +227,60 @@ class TestRunSummaryPost:
         assert sink.texts() == []
         assert summary["deleted"] == 40 and summary["remaining"] == 0
         assert pg.execute("SELECT count(*) FROM app.sessions").fetchone() == (60,)
+
+
+class TestSlackHangs:
+    """A webhook that accepts the connection and never answers (issue 12, defect 8): every Slack
+    call gives up within ``SLACK_TIMEOUT_SECONDS``, logs it, and the outcome is unchanged."""
+
+    LIMIT = SLACK_TIMEOUT_SECONDS + 3  # slack_sdk's default is 30 s, and one retry
+
+    def test_failure_notice_gives_up_in_seconds(
+        self, sink: Sink, pg: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        error, rows = _tripped_cleanup(pg)
+        sink.hang()
+
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="data_lifecycle.alerts"):
+            SlackFailureNotice(CONN_ID)(failure_context(error))  # must not raise
+        elapsed = time.monotonic() - started
+
+        assert elapsed < self.LIMIT, f"the failure notice held the task {elapsed:.1f} s"
+        assert any("Could not post the failure notice" in r.getMessage() for r in caplog.records)
+        assert "max_delete_fraction" in str(error)
+        assert pg.execute("SELECT count(*) FROM app.sessions").fetchone() == (rows,)
+
+    def test_run_summary_gives_up_in_seconds(self, sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
+        from data_lifecycle.dag_common import _post_summary
+
+        sink.hang()
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="data_lifecycle.alerts"):
+            _post_summary(
+                SimpleNamespace(slack_conn_id=CONN_ID),
+                "cleanup_expired_sessions",
+                "scheduled__x",
+                {"delete_sessions": {"state": "success", "result": {"deleted": 7}}},
+            )
+        assert time.monotonic() - started < self.LIMIT
+        assert any("Could not post the run summary" in r.getMessage() for r in caplog.records)
+
+    def test_erasure_notice_gives_up_in_seconds(self, sink: Sink, caplog: pytest.LogCaptureFixture) -> None:
+        from data_lifecycle.erasure.steps import post_slack
+
+        sink.hang()
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="data_lifecycle.alerts"):
+            assert post_slack(CONN_ID, "erasure req-1 completed") is False
+        assert time.monotonic() - started < self.LIMIT
+        assert any("Could not post the erasure notice" in r.getMessage() for r in caplog.records)
+
+        sink.hang(False)
+        assert post_slack(CONN_ID, "erasure req-1 completed") is True
+
+    def test_deadline_alert_is_bounded_too(self) -> None:
+        from data_lifecycle.alerts import deadline_alert
+
+        alert = deadline_alert(timedelta(hours=1))
+        assert alert.callback.kwargs["timeout"] == SLACK_TIMEOUT_SECONDS

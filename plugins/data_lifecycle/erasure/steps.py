@@ -390,15 +390,10 @@ def deadline_report(smap: SubjectMap, ledger_conn_id: str, anchor: datetime) -> 
 
 
 def post_slack(slack_conn_id: str, text: str) -> bool:
-    """Post ``text``; a Slack outage is logged and does not change the task's outcome."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+    """Post ``text`` (bounded in time); a Slack outage is logged and does not change the task's outcome."""
+    from data_lifecycle.alerts import post_to_slack
 
-    try:
-        SlackWebhookHook(slack_webhook_conn_id=slack_conn_id).send(text=text)
-    except Exception:
-        log.exception("Could not post to Slack (%s)", slack_conn_id)
-        return False
-    return True
+    return post_to_slack(slack_conn_id, text, what="erasure notice")
 
 
 ERASE_STEPS = (
@@ -424,9 +419,13 @@ def coverage_report(conns: Connections) -> dict[str, Any]:
 def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
     """The ``Run`` of a task of ``erase_user_data``: its params name a registered request, whose
     sealed subject id is read from the intake table (and kept in memory only)."""
+    from data_lifecycle.cutoff import check_not_after_run
     from data_lifecycle.erasure.intake import lookup
     from data_lifecycle.erasure.subject_map import load_subject_map
 
+    # A future-dated run or request is refused before any step reads or writes (as for cleanups).
+    if context.get("data_interval_end") is not None:
+        check_not_after_run(context["data_interval_end"], context, what="The run's data_interval_end")
     smap = load_subject_map()
     keys = subject_keys(smap)
     params = context["params"]
@@ -450,6 +449,8 @@ def run_from_context(context: Mapping[str, Any], conns: Connections) -> Run:
             "dry_run": params.get("dry_run", True),
         }
     )
+    if request.requested_at is not None:
+        check_not_after_run(request.requested_at, context, what="requested_at")
     return Run(smap, conns, keys, request, dag_id=context["ti"].dag_id, run_id=context["run_id"])
 
 

@@ -20,6 +20,8 @@ from typing import Any, cast
 
 from data_lifecycle.config_fields import (
     BUCKET_NAME,
+    MAX_BATCH_ROWS,
+    MAX_MILLISECONDS,
     QUALIFIED_TABLE,
     ConfigFields,
     load_yaml_file,
@@ -304,16 +306,18 @@ def parse_subject_map(doc: Any, source: str) -> SubjectMap:
     bf = _Fields(top.get("batch", dict, {}), "batch", source)
     d = BatchSettings()
     batch = BatchSettings(
-        size=bf.positive_int("size", d.size),
-        lock_timeout_ms=bf.positive_int("lock_timeout_ms", d.lock_timeout_ms),
-        statement_timeout_ms=bf.positive_int("statement_timeout_ms", d.statement_timeout_ms),
+        size=bf.positive_int("size", d.size, maximum=MAX_BATCH_ROWS),
+        lock_timeout_ms=bf.positive_int("lock_timeout_ms", d.lock_timeout_ms, maximum=MAX_MILLISECONDS),
+        statement_timeout_ms=bf.positive_int(
+            "statement_timeout_ms", d.statement_timeout_ms, maximum=MAX_MILLISECONDS
+        ),
     )
     bf.done()
     tables = tuple(_table_target(t, i, source) for i, t in enumerate(top.get("tables", list)))
     buckets = tuple(_bucket_target(b, i, source) for i, b in enumerate(top.get("buckets", list, [])))
     exempt = _ignore_list(top)
-    deadline_days = top.positive_int("deadline_days", 30)
-    alert_after_days = top.positive_int("alert_after_days", max(1, deadline_days - 5))
+    deadline_days = top.days("deadline_days", 30)
+    alert_after_days = top.days("alert_after_days", max(1, deadline_days - 5))
     if alert_after_days > deadline_days:
         top.fail("alert_after_days", f"({alert_after_days}) is after the deadline ({deadline_days} days)")
     smap = SubjectMap(
