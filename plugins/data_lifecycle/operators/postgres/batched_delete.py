@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -43,8 +44,6 @@ DEFAULT_MAX_BATCH_SIZE = 50_000
 DEFAULT_TARGET_BATCH_SECONDS = 0.5
 DEFAULT_MAX_LOCK_RETRIES = 5
 DEFAULT_MAX_DELETE_FRACTION = 0.5
-# Above this many estimated rows the guardrail uses pg_class.reltuples instead of count(*).
-EXACT_COUNT_MAX_ROWS = 1_000_000
 DEFAULT_SAMPLE_SIZE = 10
 # Placeholders in an extra predicate may not use this prefix: the operator's own parameters do.
 RESERVED_PARAM_PREFIX = "lc_"
@@ -62,6 +61,49 @@ def check_timezone(zone: Any) -> str:
             f"timezone={zone!r} is not an IANA time zone such as 'Europe/Berlin'"
         ) from None
     return str(zone)
+
+
+def check_predicate_parentheses(predicate: str) -> None:
+    """Refuse an ``extra_predicate`` whose parentheses close what they did not open.
+
+    The predicate is composed as ``<timestamp predicate> AND (<extra>)``; ``x = 1) OR (true`` would
+    turn that into ``... AND (x = 1) OR (true)`` and match every row. Parentheses are counted outside
+    string literals and quoted identifiers; dollar quoting and escape strings are refused (they are
+    never needed in a predicate and would make the count unreliable).
+    """
+    depth, i, n = 0, 0, len(predicate)
+    while i < n:
+        ch = predicate[i]
+        if ch in "'\"":
+            if ch == "'" and i > 0 and predicate[i - 1] in "eE" and (i < 2 or not predicate[i - 2].isalnum()):
+                raise LifecycleConfigError(
+                    f"extra_predicate {predicate!r}: escape strings (E'...') are not allowed"
+                )
+            end = i + 1
+            while True:
+                end = predicate.find(ch, end)
+                if end < 0:
+                    raise LifecycleConfigError(f"extra_predicate {predicate!r}: an unterminated {ch} quote")
+                if predicate[end + 1 : end + 2] == ch:  # a doubled quote stands for itself
+                    end += 2
+                    continue
+                break
+            i = end + 1
+            continue
+        if ch == "$" and re.match(r"\$\w*\$", predicate[i:]):
+            raise LifecycleConfigError(f"extra_predicate {predicate!r}: dollar quoting is not allowed")
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise LifecycleConfigError(
+                    f"extra_predicate {predicate!r} closes a parenthesis it did not open: it could widen"
+                    " the retention predicate instead of narrowing it"
+                )
+        i += 1
+    if depth:
+        raise LifecycleConfigError(f"extra_predicate {predicate!r}: {depth} unclosed parenthesis(es)")
 
 
 class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
@@ -210,9 +252,10 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
             plan = self._plan(conn, cutoff, extra_params)
             due, total = self._count_due_and_total(conn, plan)
             self.log.info(
-                "%s: %d of %d rows have %s < %s%s",
+                "%s: %d of %s%d rows have %s < %s%s",
                 plan.table.qualified,
                 due,
+                "" if total < math.ceil(due / self.max_delete_fraction) + 1 else "at least ",
                 total,
                 self.timestamp_column,
                 cutoff.isoformat(),
@@ -261,6 +304,7 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                 raise LifecycleConfigError(
                     f"extra_predicate {self.extra_predicate!r} must be one boolean expression (no ;, --, /*)"
                 )
+            check_predicate_parentheses(self.extra_predicate)
         for name in ("batch_size", "min_batch_size", "max_batch_size", "sample_size"):
             as_positive_int(getattr(self, name), field=name)
         as_positive_int(self.max_lock_retries, field="max_lock_retries", minimum=0)
@@ -403,21 +447,35 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         return found
 
     def _count_due_and_total(self, conn: Any, plan: DeletePlan) -> tuple[int, int]:
+        """The due rows, exactly, and the table's rows, exactly wherever the guardrail decides.
+
+        The guardrail trips when ``due > fraction * total``, i.e. when the table has fewer than
+        ``due / fraction`` rows, so the total is counted over at most ``ceil(due / fraction) + 1``
+        rows: exact whenever it could trip, bounded in cost (about ``due / fraction`` rows) otherwise.
+        Statistics (``reltuples``) only fill in the reported total once that bound is passed.
+        """
         from psycopg import sql
 
         with conn.transaction():
             set_config(conn, "statement_timeout", as_pg_ms(self.statement_timeout_seconds))
-            due = conn.execute(
-                sql.SQL("SELECT count(*) FROM {} WHERE {}").format(plan.table.ident, plan.where), plan.params
-            ).fetchone()[0]
-            estimate = pg_catalog.estimated_rows(conn, plan.table)
-            if estimate > EXACT_COUNT_MAX_ROWS:
-                total = int(estimate)
-            else:
-                total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(plan.table.ident)).fetchone()[
-                    0
-                ]
-        return int(due), max(int(total), int(due))
+            due = int(
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM {} WHERE {}").format(plan.table.ident, plan.where),
+                    plan.params,
+                ).fetchone()[0]
+            )
+            bound = math.ceil(due / self.max_delete_fraction) + 1
+            counted = int(
+                conn.execute(
+                    sql.SQL("SELECT count(*) FROM (SELECT 1 FROM {} LIMIT {}) AS bounded").format(
+                        plan.table.ident, sql.Literal(bound)
+                    )
+                ).fetchone()[0]
+            )
+            total = (
+                counted if counted < bound else max(counted, int(pg_catalog.estimated_rows(conn, plan.table)))
+            )
+        return due, max(total, due)
 
     def _dry_run_summary(
         self, *, conn: Any, plan: DeletePlan, due: int, total: int, too_large: bool, started: float
