@@ -11,7 +11,7 @@ unexport PYTHONDONTWRITEBYTECODE
 STACK := $(BIN)/python -m devstack
 WITH_ENV := set -a && . .local/env.sh && set +a &&
 
-.PHONY: help system-deps venv lock lint format typecheck test demo airflow bench bench-scale stack-up stack-down stack-status clean
+.PHONY: help system-deps venv lock lint format typecheck test test-scheduler demo airflow bench bench-scale stack-up stack-down stack-status clean
 
 help:
 	@echo "make demo      load DreamSeed demo data, run every DAG once, print the before/after report"
@@ -56,6 +56,10 @@ typecheck: venv
 
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The on-call scenario against real Airflow services, LocalExecutor and CeleryExecutor (minutes).
+test-scheduler: venv
+	LIFECYCLE_SCHEDULER_TESTS=1 $(BIN)/pytest tests/scheduler $(PYTEST_ARGS)
 
 stack-up: venv
 	$(STACK) up

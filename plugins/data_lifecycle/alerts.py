@@ -22,15 +22,13 @@ from airflow.sdk.definitions.callback import AsyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
+from data_lifecycle.slack import SLACK_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
 KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
-# Every Slack call gives up after this long (slack_sdk waits 30 s by default, and retries once):
-# a webhook that accepts and never answers must not hold a task or the run summary.
-SLACK_TIMEOUT_SECONDS = 5
 # Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
 SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
@@ -143,20 +141,6 @@ def next_try_text(context: Any, *, retrying: bool) -> str:
     earliest = (ended + low).strftime("%H:%M:%S UTC")
     window = _human_seconds(low) if low == high else f"{_human_seconds(low)} to {_human_seconds(high)}"
     return f"Retry follows: try {try_number + 1}{total} not before {earliest} (in {window})."
-
-
-def post_to_slack(slack_conn_id: str, text: str, *, what: str = "message") -> bool:
-    """Post ``text`` within ``SLACK_TIMEOUT_SECONDS``; an outage is logged and returns False."""
-    from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
-
-    try:
-        SlackWebhookHook(
-            slack_webhook_conn_id=slack_conn_id, timeout=SLACK_TIMEOUT_SECONDS, retry_handlers=[]
-        ).send(text=text)
-        return True
-    except Exception:
-        log.exception("Could not post the %s to Slack (%s)", what, slack_conn_id)
-        return False
 
 
 def lifecycle_default_args(

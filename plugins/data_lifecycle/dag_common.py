@@ -25,12 +25,12 @@ from data_lifecycle.alerts import (
     effective_dry_run,
     kill_switch_guard,
     lifecycle_default_args,
-    post_to_slack,
 )
 from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.facts import BYTES_BEFORE_XCOM, record_bytes_before, s3_rows, write_run_facts
 from data_lifecycle.policy import Policy
+from data_lifecycle.slack import post_to_slack
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from data_lifecycle.alerts import SLACK_TIMEOUT_SECONDS, SlackFailureNotice
+from data_lifecycle.alerts import SlackFailureNotice
 from data_lifecycle.exceptions import GuardrailTripped
 from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
+from data_lifecycle.slack import SLACK_TIMEOUT_SECONDS
 from devstack.slack_sink import CONTROL_PATH, SinkState, make_handler
 from tests.reliability.data import ANCHOR, load_sessions
 from tests.reliability.harness import run_context

@@ -30,9 +30,22 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from data_lifecycle.erasure.subject_map import (
+    DEFAULT_SUBJECT_MAP_FILE,
+    SUBJECT_MAP_FILE_ENV,
+    load_subject_map,
+)
 from data_lifecycle.policy import DEFAULT_POLICY_FILE, POLICY_FILE_ENV
 from devstack.airflow_services import AirflowServices
-from devstack.settings import API_PORT, HOST, POSTGRES_PORT, POSTGRES_USER, StackPaths, stack_environment
+from devstack.settings import (
+    API_PORT,
+    HOST,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    S3_PORT,
+    StackPaths,
+    stack_environment,
+)
 from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
 
 META_TEMPLATE = "airflow_scheduler_template"
@@ -98,6 +111,20 @@ def _copy_database(template: str, name: str) -> None:
             )
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+def _create_buckets(smap: Any) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{HOST}:{S3_PORT}",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    for entry in smap.buckets:
+        client.create_bucket(Bucket=entry.bucket)
 
 
 def _drop_database(name: str) -> None:
@@ -195,12 +222,17 @@ def airflow(
         assert old in policy, f"policy file changed: {old!r} not found"
         policy = policy.replace(old, new)
     (home / "lifecycle.yaml").write_text(policy)
+    # The erasure map names the same buckets (purge_soft_deleted purges the users' objects too).
+    subject_map = DEFAULT_SUBJECT_MAP_FILE.read_text().replace("dreamseed-", f"dreamseed-{token}-")
+    (home / "erasure_subject_map.yaml").write_text(subject_map)
+    _create_buckets(load_subject_map(home / "erasure_subject_map.yaml"))
     env = {
         **base,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _meta_url(meta_db),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         POLICY_FILE_ENV: str(home / "lifecycle.yaml"),
+        SUBJECT_MAP_FILE_ENV: str(home / "erasure_subject_map.yaml"),
         "AIRFLOW_CONN_LIFECYCLE_POSTGRES": json.dumps(
             {
                 "conn_type": "postgres",

@@ -391,7 +391,7 @@ def deadline_report(smap: SubjectMap, ledger_conn_id: str, anchor: datetime) -> 
 
 def post_slack(slack_conn_id: str, text: str) -> bool:
     """Post ``text`` (bounded in time); a Slack outage is logged and does not change the task's outcome."""
-    from data_lifecycle.alerts import post_to_slack
+    from data_lifecycle.slack import post_to_slack
 
     return post_to_slack(slack_conn_id, text, what="erasure notice")
 
