@@ -173,7 +173,7 @@ def test_archived_log_rows_hold_no_subject_id_or_ip(world: Any, logs_policy: str
     dag = DagBag(dag_folder=str(DAGS_FOLDER / "archive_app_logs.py"), safe_mode=False).dags[
         "archive_app_logs"
     ]
-    dr = run_fresh(dag, logical_date=datetime(2026, 2, 1, 3, tzinfo=UTC))
+    dr = run_fresh(dag, logical_date=datetime(2026, 2, 1, 3, tzinfo=UTC), run_type="scheduled")
     assert str(dr.state) == "success"
 
     keys = [k for k, _v, marker in object_versions(world.s3, logs_policy, "db-archive/") if not marker]
@@ -350,7 +350,7 @@ class TestPurgeSoftDeletedTakesTheObjects:
 
     def test_the_purged_users_objects_go_in_the_same_run(self, world: Any, purge_dag: Any) -> None:
         before = object_versions(world.s3, world.bucket)
-        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC))
+        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC), run_type="scheduled")
         assert str(dr.state) == "success"
         assert world.snapshot()[f"app.users:{SUBJECT_ID}"] == 0
         after = object_versions(world.s3, world.bucket)
@@ -364,7 +364,7 @@ class TestPurgeSoftDeletedTakesTheObjects:
             Bucket=world.bucket, Key=held[0], VersionId=held[1], LegalHold={"Status": "ON"}
         )
         before = object_versions(world.s3, world.bucket)
-        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC))
+        dr = run_fresh(purge_dag, logical_date=datetime(2026, 2, 1, 4, tzinfo=UTC), run_type="scheduled")
         assert str(dr.state) == "failed"
         tis = {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}
         assert tis["purge_objects_users"] == "failed" and tis["delete_users"] == "upstream_failed"
