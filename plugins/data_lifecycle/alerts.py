@@ -22,13 +22,13 @@ from airflow.sdk.definitions.callback import AsyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
+from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE, is_off, read_switch
 from data_lifecycle.slack import SLACK_TIMEOUT_SECONDS
 
 log = logging.getLogger(__name__)
 
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
-KILL_SWITCH_VARIABLE = "lifecycle_destructive_enabled"
 # Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
 SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
@@ -215,15 +215,15 @@ def kill_switch_guard(context: Any) -> None:
     """``pre_execute`` hook of destructive tasks: skip them while the kill switch is off.
 
     The switch is the Airflow Variable ``lifecycle_destructive_enabled``; a missing variable means
-    enabled. Dry runs change nothing and always proceed.
+    enabled. Dry runs change nothing and always proceed. The operators read it again between
+    batches (see :mod:`data_lifecycle.kill_switch`).
     """
-    from airflow.sdk import Variable
     from airflow.sdk.exceptions import AirflowSkipException
 
     if effective_dry_run(context.get("dag_run"), context.get("params")):
         return
-    value = Variable.get(KILL_SWITCH_VARIABLE, default="true")
-    if str(value).strip().lower() in {"false", "0", "off", "no"}:
+    value = read_switch()
+    if is_off(value):
         log.warning("Kill switch %s=%s: skipping destructive task", KILL_SWITCH_VARIABLE, value)
         raise AirflowSkipException(f"Kill switch {KILL_SWITCH_VARIABLE} is off; nothing was changed")
 

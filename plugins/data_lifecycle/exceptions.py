@@ -27,3 +27,11 @@ class LockTimeoutExhausted(LifecycleError):
 
 class ResidueLeft(LifecycleError):
     """A delete run ended, not stopped by a budget, with due rows still in the table."""
+
+
+class KillSwitchStopped(LifecycleError):
+    """An erasure step stopped between targets because the kill switch was turned off.
+
+    Cleanup operators return ``stopped_by: kill_switch`` instead; an erasure is all or nothing, so
+    its step fails (recorded in the ledger) and is cleared once the switch is back on.
+    """

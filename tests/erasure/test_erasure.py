@@ -269,3 +269,72 @@ def test_deadline_alert_lists_only_open_requests_past_the_threshold(world, slack
     text = "\n".join(slack_sink.texts())
     assert "DSR-LATE" in text and "OVERDUE" in text and "DSR-NEW" not in text
     assert str(SUBJECT_ID) not in text
+
+
+class TestKillSwitch:
+    """The switch is read again between targets: turned off mid-step, the step stops, recorded."""
+
+    @pytest.fixture
+    def switch_env(self, monkeypatch):
+        from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE, RECHECK_ENV
+
+        name = f"AIRFLOW_VAR_{KILL_SWITCH_VARIABLE.upper()}"
+        monkeypatch.setenv(name, "true")
+        monkeypatch.setenv(RECHECK_ENV, "0")
+        return name
+
+    def test_erase_tables_stops_after_the_target_in_hand(self, world, switch_env, pg_database):
+        import os
+        import threading
+        import time
+
+        from data_lifecycle.erasure.planner import prepare_targets
+        from data_lifecycle.exceptions import KillSwitchStopped
+        from tests.operators.test_postgres import connect
+
+        run = world.run()
+        run.plan()
+        run.record(Status.STARTED)
+        first = prepare_targets(world.pg, world.smap)[0].target.table
+        before = world.snapshot()
+        holder = connect(pg_database)
+        holder.execute(f"LOCK TABLE {first} IN ACCESS EXCLUSIVE MODE")
+
+        def off_while_the_first_target_waits() -> None:
+            with connect(pg_database, autocommit=True) as watcher:
+                for _ in range(500):
+                    waiting = watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    ).fetchone()[0]
+                    if waiting:
+                        break
+                    time.sleep(0.002)
+            os.environ[switch_env] = "false"
+            holder.commit()
+
+        thread = threading.Thread(target=off_while_the_first_target_waits)
+        thread.start()
+        try:
+            with pytest.raises(KillSwitchStopped, match="after 1 target") as err, run.failures_recorded():
+                run.erase_tables()
+        finally:
+            thread.join(5)
+            holder.close()
+
+        assert str(SUBJECT_ID) not in str(err.value)
+        after = world.snapshot()
+        changed = {t.split(":")[0] for t in before if t != "s3" and before[t] != after[t]}
+        assert changed == {first}, changed
+        last = world.ledger()[-1]
+        assert last["status"] == "failed" and "KillSwitchStopped" in last["reason"]
+
+    def test_purge_objects_stops_before_a_bucket(self, world, switch_env, monkeypatch):
+        run = world.run()
+        before = object_versions(world.s3, world.bucket)
+        monkeypatch.setenv(switch_env, "false")
+        from data_lifecycle.exceptions import KillSwitchStopped
+
+        with pytest.raises(KillSwitchStopped, match="after 0 target"):
+            run.purge_objects()
+        assert object_versions(world.s3, world.bucket) == before

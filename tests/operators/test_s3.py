@@ -779,6 +779,7 @@ class TestS3ExpireObjectsOperator:
             "delete_markers": 0,
             "kept_changed": 0,
             "dry_run": False,
+            "stopped_by": None,
         }
         assert all_keys(s3_client, bucket) == ["keep/old-3", "tmp/new-1"]
         assert expire_op(bucket).execute(ctx)["objects"] == 0

@@ -28,10 +28,12 @@ from data_lifecycle.erasure.s3_purge import delete_scanned, remaining, scan_buck
 from data_lifecycle.erasure.subject_map import SubjectMap
 from data_lifecycle.exceptions import (
     GuardrailTripped,
+    KillSwitchStopped,
     LifecycleConfigError,
     LifecycleError,
     VerificationFailed,
 )
+from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE, KillSwitch
 
 if TYPE_CHECKING:
     import psycopg
@@ -254,7 +256,9 @@ class Run:
             self.recheck_coverage(conn)
             prepared = prepare_targets(conn, self.smap)
             check_table_privileges(conn, prepared, self.smap.source)
+            switch = KillSwitch(self.label)
             for p in prepared:
+                self.stop_if_switched_off(switch, done=out)
                 out[p.name] = erase_target(conn, p, self.request.user_id, self.keys, self.smap.batch)["rows"]
         return out
 
@@ -265,13 +269,24 @@ class Run:
                 self.recheck_coverage(conn)
         scans = [scan_bucket(self.s3, b, self.request.user_id) for b in self.smap.buckets]
         out: dict[str, Any] = {}
+        switch = KillSwitch(self.label)
         for scan in scans:
+            if not self.request.dry_run:
+                self.stop_if_switched_off(switch, done=out)
             if self.request.dry_run:
                 log.info("Dry run %s: would delete %s", self.label, scan.counts)
                 out.update(scan.counts)
             else:
                 out.update(delete_scanned(self.s3, scan))
         return out
+
+    def stop_if_switched_off(self, switch: KillSwitch, *, done: Mapping[str, Any]) -> None:
+        """Between targets: raise ``KillSwitchStopped`` (the step fails, recorded) once the switch is off."""
+        if switch.tripped():
+            raise KillSwitchStopped(
+                f"Erasure of {self.label} stopped by the kill switch {KILL_SWITCH_VARIABLE} after"
+                f" {len(done)} target(s) ({', '.join(done) or 'none'}); clear the task once it is back on"
+            )
 
     def verify(self) -> dict[str, int]:
         """Re-query every target; raise ``VerificationFailed`` naming whatever remains."""

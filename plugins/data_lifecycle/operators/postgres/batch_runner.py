@@ -18,6 +18,8 @@ from data_lifecycle.exceptions import (
     ResidueLeft,
     VerificationFailed,
 )
+from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
+from data_lifecycle.kill_switch import KillSwitch
 from data_lifecycle.operators.postgres.archive_batch import archive_batch, next_limit
 from data_lifecycle.operators.postgres.base import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -91,6 +93,7 @@ class BatchRunner:
         self.lock_timeout = as_seconds(op.lock_timeout, field="lock_timeout") or DEFAULT_LOCK_TIMEOUT_SECONDS
         self.statement_timeout = op.statement_timeout_seconds
         self.max_runtime = as_seconds(op.max_runtime, field="max_runtime", allow_none=True)
+        self.kill_switch = KillSwitch(plan.table.qualified)
         self.writer: S3ArchiveWriter | None = None
         self.columns: list[Column] = []
         if plan.archive is not None:
@@ -117,6 +120,9 @@ class BatchRunner:
             elapsed = time.monotonic() - started
             if self.max_runtime is not None and elapsed >= self.max_runtime:
                 stopped_by = "max_runtime"
+                break
+            if self.kill_switch.tripped():  # between batches: the last one is committed
+                stopped_by = KILL_SWITCH_STOP
                 break
             limit = size
             if op.max_rows is not None:

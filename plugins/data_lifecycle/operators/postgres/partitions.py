@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,8 @@ from data_lifecycle.exceptions import (
     GuardrailTripped,
     LifecycleConfigError,
 )
+from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
+from data_lifecycle.kill_switch import KillSwitch
 from data_lifecycle.operators.postgres.base import (
     DEFAULT_POSTGRES_CONN_ID,
     PostgresLifecycleBaseOperator,
@@ -209,11 +211,22 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
                 "default_partition_deleted": 0,
                 "seconds": 0.0,
                 "dry_run": dry_run,
+                "stopped_by": None,
             }
+            switch = KillSwitch(parent.qualified)
+
+            def stop() -> bool:  # asked before each partition: the one in hand is finished first
+                if not switch.tripped():
+                    return False
+                summary["stopped_by"] = KILL_SWITCH_STOP
+                return True
+
             if dry_run:
                 self.log.info("Dry run: would detach %s from %s", summary["expired"], parent.qualified)
             else:
                 for part in pending_live:
+                    if stop():
+                        break
                     self._detach(conn, parent, part, has_default, summary, mark=False)
                     self.log.warning(
                         "%s: finalized a pending detach of %s, which is not expired; left it detached",
@@ -221,16 +234,28 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
                         part.table.qualified,
                     )
                 for table in leftovers:
+                    if stop():
+                        break
                     self.log.info(
                         "%s: finishing %s, detached by an earlier run", parent.qualified, table.qualified
                     )
                     self._dispose(conn, parent, table, cutoff, summary)
                 for part in expired:
+                    if stop():
+                        break
                     self._detach(conn, parent, part, has_default, summary, mark=True)
                     self._dispose(conn, parent, part.table, cutoff, summary)
             default = next((p for p in parts if p.is_default), None)
             if default is not None:
-                self._default_rows(conn, default.table, guard, cutoff, summary, delete=not dry_run)
+                self._default_rows(conn, default.table, guard, cutoff, summary, delete=not dry_run, stop=stop)
+            if summary["stopped_by"]:
+                self.log.warning(
+                    "%s: stopped by the kill switch; %d of %d expired partition(s) removed, the next run"
+                    " resumes",
+                    parent.qualified,
+                    len(summary["dropped"]) + len(summary["moved"]),
+                    len(expired),
+                )
             if not summary["expired"] and not leftovers:
                 self.log.info(
                     "%s: no partition ends at or before %s; nothing to do", parent.qualified, cutoff
@@ -250,6 +275,7 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         summary: dict[str, Any],
         *,
         delete: bool,
+        stop: Callable[[], bool],
     ) -> None:
         """Count (and with ``delete_default_rows`` delete) the DEFAULT partition's rows older than the cutoff."""
         from psycopg import sql
@@ -281,7 +307,7 @@ class PostgresPartitionRetentionOperator(PostgresLifecycleBaseOperator):
         batch = sql.SQL(
             "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {n} FOR UPDATE)) AND {w}"
         ).format(t=default.ident, w=due, n=sql.Literal(DEFAULT_PARTITION_DELETE_BATCH))
-        while True:
+        while not stop():
             with conn.transaction():
                 set_config(conn, "lock_timeout", lock_timeout)
                 deleted = conn.execute(batch, {"cutoff": cutoff}).rowcount

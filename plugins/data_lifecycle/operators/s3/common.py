@@ -134,6 +134,7 @@ def delete_batches(
     *,
     confirm: Callable[[list[Mapping[str, Any]]], tuple[list[Mapping[str, Any]], dict[str, str]]]
     | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[list[Mapping[str, Any]], dict[str, str], dict[str, str]]:
     """DeleteObjects in batches of at most 1,000; return what was deleted, the per-key errors and
     the keys kept because they changed.
@@ -142,7 +143,8 @@ def delete_batches(
     and, for the others, why they are kept. A batch answers HTTP 200 even when some keys failed, so
     every response's ``Errors`` is read, and a key missing from both ``Deleted`` and ``Errors``
     counts as failed; so does every key of a request that failed as a whole. ``PreconditionFailed`` (the ETag sent no longer matches) means the object was
-    rewritten: it is kept, not failed.
+    rewritten: it is kept, not failed. ``stop()`` is asked before each request; when it answers
+    true the remaining entries are left alone (neither deleted nor failed).
     """
     from botocore.exceptions import ClientError
 
@@ -150,6 +152,8 @@ def delete_batches(
     errors: dict[str, str] = {}
     kept: dict[str, str] = {}
     for start in range(0, len(entries), DELETE_OBJECTS_MAX_KEYS):
+        if stop is not None and stop():
+            break
         batch = list(entries[start : start + DELETE_OBJECTS_MAX_KEYS])
         try:
             if confirm is not None:

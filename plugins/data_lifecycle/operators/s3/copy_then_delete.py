@@ -19,6 +19,8 @@ from data_lifecycle.exceptions import (
     LifecycleConfigError,
     VerificationFailed,
 )
+from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
+from data_lifecycle.kill_switch import KillSwitch
 from data_lifecycle.operators.s3.common import (
     DELETE_OBJECTS_MAX_KEYS,
     MAX_KEYS_IN_ERROR,
@@ -230,6 +232,10 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         failures: dict[str, str] = {}
         skipped: list[str] = []
         pending: list[_Outcome] = []
+        # Asked before each object and each delete batch (a read every few seconds at most): once off,
+        # no copy starts and no source is deleted; copies in flight finish, and a rerun finds them
+        # verified and only deletes their sources.
+        switch = KillSwitch(f"s3://{self.source_bucket}/{self.source_prefix}")
 
         def settle(outcome: _Outcome) -> None:
             if outcome.status in ("archived", "resumed"):
@@ -248,6 +254,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         def flush(force: bool = False) -> None:
             nonlocal saving
             while pending and (force or len(pending) >= DELETE_OBJECTS_MAX_KEYS):
+                if switch.tripped():
+                    return
                 batch = pending[:DELETE_OBJECTS_MAX_KEYS]
                 del pending[:DELETE_OBJECTS_MAX_KEYS]
                 # Conditional on the verified ETag, and checked against a fresh listing first: an
@@ -276,6 +284,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             in_flight: set[Future[_Outcome]] = set()
             for due, existing in self._due_pages(client, cutoff, dry_run):
                 for obj in due:
+                    if not dry_run and switch.tripped():
+                        break
                     seen += 1
                     if obj.get("StorageClass") in ARCHIVED_CLASSES and not self.restore_archived:
                         settle(_Outcome(obj["Key"], "skipped", reason=f"already in {obj['StorageClass']}"))
@@ -294,6 +304,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     if time.monotonic() - last_log >= PROGRESS_LOG_SECONDS:
                         last_log = time.monotonic()
                         self._log_progress(seen, stats, len(failures), started)
+                if switch.is_tripped:
+                    break
             for future in in_flight:
                 settle(future.result())
         flush(force=True)
@@ -305,8 +317,17 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             "bytes_by_class": moved_by_class,
             "dry_run": dry_run,
             "cutoff": cutoff.isoformat(),
+            "stopped_by": KILL_SWITCH_STOP if switch.is_tripped else None,
+            "verified_sources_kept": len(pending),
         }
         self._log_progress(seen, stats, len(failures), started)
+        if switch.is_tripped:
+            self.log.warning(
+                "Stopped by the kill switch: %d archived, %d verified copies whose sources were kept"
+                " (a rerun deletes them)",
+                stats["objects"],
+                len(pending),
+            )
         if skipped:
             self.log.info("Skipped %d object(s), e.g. %s", stats["skipped"], "; ".join(skipped))
         self.log.info("Archive summary: %s", summary)

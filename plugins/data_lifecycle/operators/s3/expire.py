@@ -16,6 +16,8 @@ from data_lifecycle.exceptions import (
     LifecycleConfigError,
     LifecycleError,
 )
+from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
+from data_lifecycle.kill_switch import KillSwitch
 from data_lifecycle.operators.s3.common import (
     bucket_versioning,
     check_bucket,
@@ -136,15 +138,18 @@ class S3ExpireObjectsOperator(BaseOperator):
             "delete_markers": counts["delete_marker"],
             "kept_changed": 0,
             "dry_run": dry_run,
+            "stopped_by": None,
         }
         if dry_run or not due:
             self.log.info("%s: %s", "Dry run, nothing deleted" if dry_run else "Nothing to expire", summary)
             return summary
+        switch = KillSwitch(f"s3://{self.bucket}/{self.prefix}")  # asked before each DeleteObjects
         deleted, errors, kept = delete_batches(
             client,
             self.bucket,
             [ident for _, ident, _ in due],
             confirm=unchanged_since_listed(client, self.bucket, self.prefix),
+            stop=switch.tripped,
         )
         if kept:
             self.log.info("Kept %d object(s) changed since the listing: %s", len(kept), sample_keys(kept))
@@ -159,7 +164,14 @@ class S3ExpireObjectsOperator(BaseOperator):
             bytes=sum(size_of[(e["Key"], e.get("VersionId"))] for e in deleted),
             kept_changed=len(kept),
             bytes_by_class=_bytes_by_class(deleted, size_of, self._class_of),
+            stopped_by=KILL_SWITCH_STOP if switch.is_tripped else None,
         )
+        if switch.is_tripped:
+            self.log.warning(
+                "Stopped by the kill switch after %d of %d due entries; the next run resumes",
+                len(deleted),
+                len(due),
+            )
         elapsed = max(time.monotonic() - started, 1e-6)
         self.log.info(
             "Expired %d entries from s3://%s/%s in %.1f s (%.0f/s): %s",
