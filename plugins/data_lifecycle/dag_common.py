@@ -173,7 +173,8 @@ def lifecycle_dag_kwargs(
 
 
 def destructive(**kwargs: Any) -> dict[str, Any]:
-    """Task arguments of a task that deletes: the kill switch runs before it, and a PostgreSQL task
+    """Task arguments of a task that deletes (or, as a lifecycle rule, makes S3 delete): the kill
+    switch runs before it (and its loops read it again), the trigger form makes it dry, and a PostgreSQL task
     measures the tables it may change (the run summary measures them again afterwards)."""
     guard: Any = kill_switch_guard
     if "postgres_conn_id" in kwargs and "table" in kwargs:
@@ -434,15 +435,18 @@ def object_archive_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
 
 
 def lifecycle_kwargs(policy: Policy, tiers: Any) -> dict[str, Any]:
-    """``S3ApplyLifecycleOperator`` arguments for a policy ``BucketTiers`` entry."""
-    return {
-        "task_id": f"tiers_{tiers.id}",
-        "aws_conn_id": policy.aws_conn_id,
-        "bucket": tiers.bucket,
-        "rules": [dict(rule) for rule in tiers.rules],
-        "dry_run": DRY_RUN_TEMPLATE,
-        "pool": S3_POOL,
-    }
+    """``S3ApplyLifecycleOperator`` arguments for a policy ``BucketTiers`` entry.
+
+    Destructive too: a rule it adds can expire objects, and one it removes can stop protecting them.
+    """
+    return destructive(
+        task_id=f"tiers_{tiers.id}",
+        aws_conn_id=policy.aws_conn_id,
+        bucket=tiers.bucket,
+        rules=[dict(rule) for rule in tiers.rules],
+        dry_run=DRY_RUN_TEMPLATE,
+        pool=S3_POOL,
+    )
 
 
 def partition_premake_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:

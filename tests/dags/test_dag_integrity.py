@@ -15,7 +15,17 @@ import airflow.sdk
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 
-from data_lifecycle.alerts import APPROVED_TAGS
+from data_lifecycle import dag_common
+from data_lifecycle.alerts import APPROVED_TAGS, kill_switch_guard
+from data_lifecycle.operators.postgres import (
+    PostgresBatchedDeleteOperator,
+    PostgresPartitionRetentionOperator,
+)
+from data_lifecycle.operators.s3 import (
+    S3ApplyLifecycleOperator,
+    S3ExpireObjectsOperator,
+    S3GlacierCopyThenDeleteOperator,
+)
 
 # Importing Airflow itself (the SDK's lazily loaded DAG, task and timetable machinery) is a one-time
 # cost of the DAG processor, not the DAG files' parse time; our own package is still counted.
@@ -23,6 +33,14 @@ _AIRFLOW_ONE_TIME_IMPORTS = [
     getattr(airflow.sdk, name) for name in ("DAG", "Asset", "BaseOperator", "Param", "dag", "task")
 ]
 
+# Operators that delete, or (lifecycle rules) make S3 delete: the kill switch must run before them.
+DESTRUCTIVE_OPERATORS = (
+    PostgresBatchedDeleteOperator,
+    PostgresPartitionRetentionOperator,
+    S3ExpireObjectsOperator,
+    S3GlacierCopyThenDeleteOperator,
+    S3ApplyLifecycleOperator,
+)
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 MAX_PARSE_SECONDS = 1.0
 
@@ -67,7 +85,16 @@ def integrity_problems(dagbag: DagBag) -> list[str]:
                 problems.append(f"{t} has no failure notifier")
             if task.execution_timeout is None:
                 problems.append(f"{t} has no execution_timeout")
+            if isinstance(task, DESTRUCTIVE_OPERATORS) and not _guarded(task):
+                problems.append(f"{t} is destructive but the kill switch does not run before it")
+            if isinstance(task, DESTRUCTIVE_OPERATORS) and "lifecycle_dry_run" not in str(task.dry_run):
+                problems.append(f"{t} is destructive but its dry_run does not follow the run's type")
     return problems
+
+
+def _guarded(task: object) -> bool:
+    hook = getattr(task, "_pre_execute_hook", None)
+    return hook is kill_switch_guard or getattr(hook, "func", None) is dag_common._guard_and_measure
 
 
 @pytest.fixture(scope="module")

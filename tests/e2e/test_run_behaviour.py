@@ -73,3 +73,29 @@ def test_failure_notice_works_in_a_manual_run_without_logical_date(dagbag, dream
     assert len(notices) == 1, texts
     assert "delete_sessions" in notices[0] and "try 1" in notices[0]
     assert run.run_id in notices[0]
+
+
+def test_kill_switch_in_the_metadata_database_skips_lifecycle_rules(
+    dagbag, dreamseed, s3_client, lifecycle_env
+):
+    # Applying lifecycle rules is destructive: an Expiration rule deletes, a removed rule stops protecting.
+    from airflow.models import Variable
+
+    from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE
+
+    def rules(bucket: str) -> list[dict]:
+        try:
+            return s3_client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+        except s3_client.exceptions.ClientError:
+            return []
+
+    buckets = [entry.bucket for entry in lifecycle_env.policy.storage_tiers]
+    before = {b: rules(b) for b in buckets}
+    Variable.set(KILL_SWITCH_VARIABLE, "false")  # noqa: AIR311
+    try:
+        run = run_dag(dagbag, "apply_storage_tiers")
+    finally:
+        Variable.delete(KILL_SWITCH_VARIABLE)  # noqa: AIR311
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert {states[f"tiers_{entry.id}"] for entry in lifecycle_env.policy.storage_tiers} == {"skipped"}
+    assert {b: rules(b) for b in buckets} == before
