@@ -7,9 +7,10 @@ nothing more and return with ``stopped_by: "kill_switch"`` (the next run resumes
 
 Reads are rate-limited (at most one per ``LIFECYCLE_KILL_SWITCH_RECHECK_SECONDS``, 5 s by default),
 so a loop of many small batches costs one Variable read every few seconds, not one per batch; the
-switch takes effect within that interval plus one batch. A read that fails (the API server or the
-secrets backend unreachable) counts as "off": stopping is safe, deleting on without being able to
-hear the switch is not. A missing Variable means enabled.
+switch takes effect within that interval plus one batch. A read that raises (access denied, a
+secrets backend that fails) counts as "off": stopping is safe, deleting on without being able to
+hear the switch is not. A missing Variable means enabled; note that Airflow's task-side client
+reports some transient API errors as "not found", which therefore read as enabled too.
 """
 
 from __future__ import annotations
