@@ -118,3 +118,39 @@ def test_operator_refuses_before_connecting(pg):
     with pytest.raises(LifecycleConfigError, match="run_after"):
         op.execute(_context(now + timedelta(days=400), now))
     assert count(pg, "SELECT count(*) FROM app.sessions") == 10
+
+
+def test_partition_retention_refuses_before_any_change(pg):
+    """The retention operator itself (in the DAG the premake task fails first)."""
+    from data_lifecycle.operators.postgres import PostgresPartitionRetentionOperator
+    from tests.operators.test_postgres import make_monthly_partitions, partition_names
+
+    now = datetime.now(UTC)
+    make_monthly_partitions(pg, "app.student_progress", datetime(now.year - 1, 1, 1, tzinfo=UTC), 14)
+    before = partition_names(pg, "app.student_progress")
+    op = PostgresPartitionRetentionOperator(
+        task_id="retention", table="app.student_progress", retention_days=60
+    )
+    with pytest.raises(LifecycleConfigError, match="run_after"):
+        op.execute(_context(now + timedelta(days=400), now))
+    assert partition_names(pg, "app.student_progress") == before
+
+
+@pytest.mark.parametrize("kind", ["expire", "copy_then_delete"])
+def test_s3_operators_refuse_before_any_change(kind, s3_client, make_bucket):
+    from data_lifecycle.operators.s3 import S3ExpireObjectsOperator, S3GlacierCopyThenDeleteOperator
+
+    bucket, dest = make_bucket("future"), make_bucket("future-arch")
+    s3_client.put_object(Bucket=bucket, Key="tmp/a", Body=b"a")
+    op = (
+        S3ExpireObjectsOperator(task_id="t", bucket=bucket, prefix="tmp/", retention_days=1)
+        if kind == "expire"
+        else S3GlacierCopyThenDeleteOperator(
+            task_id="t", source_bucket=bucket, source_prefix="tmp/", dest_bucket=dest, retention_days=1
+        )
+    )
+    now = datetime.now(UTC)
+    with pytest.raises(LifecycleConfigError, match="run_after"):
+        op.execute(_context(now + timedelta(days=400), now))
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]] == ["tmp/a"]
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=dest)

@@ -338,3 +338,51 @@ class TestKillSwitch:
         with pytest.raises(KillSwitchStopped, match="after 0 target"):
             run.purge_objects()
         assert object_versions(world.s3, world.bucket) == before
+
+
+class TestFutureAnchor:
+    """Issue 12, defect 1, for the erasure steps: a run or request dated after the run's own
+    run_after is refused when the step builds its run, before anything is read or written."""
+
+    @staticmethod
+    def _context(request_id, *, anchor, run_after):
+        from types import SimpleNamespace
+
+        return {
+            "params": {"request_id": request_id, "dry_run": False},
+            "data_interval_end": anchor,
+            "dag_run": SimpleNamespace(run_after=run_after, conf={}),
+            "ti": SimpleNamespace(dag_id="erase_user_data"),
+            "run_id": "manual__future",
+        }
+
+    def test_a_run_dated_ahead_erases_nothing(self, world):
+        from data_lifecycle.erasure.steps import run_from_context
+
+        request_id = world.register()
+        now = datetime.now(UTC)
+        before = world.snapshot()
+        with pytest.raises(LifecycleConfigError, match="is after the run's run_after"):
+            run_from_context(
+                self._context(request_id, anchor=now + timedelta(days=400), run_after=now), CONNS
+            )
+        assert world.snapshot() == before
+        run = run_from_context(self._context(request_id, anchor=now, run_after=now), CONNS)
+        assert run.request.request_id == request_id
+
+    def test_a_request_dated_ahead_erases_nothing(self, world):
+        from data_lifecycle.erasure.intake import register
+        from data_lifecycle.erasure.steps import run_from_context
+
+        now = datetime.now(UTC)
+        request_id = register(
+            world.ledger_pg,
+            "app.erasure_requests",
+            world.keys,
+            SUBJECT_ID,
+            requested_at=now + timedelta(days=30),
+        )
+        before = world.snapshot()
+        with pytest.raises(LifecycleConfigError, match="requested_at"):
+            run_from_context(self._context(request_id, anchor=None, run_after=now), CONNS)
+        assert world.snapshot() == before
