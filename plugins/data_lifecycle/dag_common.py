@@ -174,8 +174,9 @@ def lifecycle_dag_kwargs(
 
 def destructive(**kwargs: Any) -> dict[str, Any]:
     """Task arguments of a task that deletes (or, as a lifecycle rule, makes S3 delete): the kill
-    switch runs before it (and its loops read it again), the trigger form makes it dry, and a PostgreSQL task
-    measures the tables it may change (the run summary measures them again afterwards)."""
+    switch runs before it (its loops read it again), and a PostgreSQL task measures the tables it
+    may change (the run summary measures them again afterwards). Callers pass
+    ``dry_run=DRY_RUN_TEMPLATE`` (the integrity test checks both)."""
     guard: Any = kill_switch_guard
     if "postgres_conn_id" in kwargs and "table" in kwargs:
         children = [c["table"] for c in kwargs.get("children") or []]
