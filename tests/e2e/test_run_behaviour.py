@@ -99,3 +99,32 @@ def test_kill_switch_in_the_metadata_database_skips_lifecycle_rules(
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert {states[f"tiers_{entry.id}"] for entry in lifecycle_env.policy.storage_tiers} == {"skipped"}
     assert {b: rules(b) for b in buckets} == before
+
+
+def test_kill_switch_set_in_the_metadata_database_stops_a_running_archive(
+    dagbag, dreamseed, lifecycle_env, monkeypatch
+):
+    # Turned off while the archive task runs (at its first copy): it starts no other copy, deletes
+    # no source, and says so; the Variable is read through Airflow's own API, as in production.
+    from airflow.models import Variable
+
+    from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE, RECHECK_ENV
+    from tests.reliability.harness import s3_faults
+
+    monkeypatch.setenv(RECHECK_ENV, "0")
+    logs_before = dreamseed.keys("dreamseed-logs", prefix="app/")
+    assert len(logs_before) > 1
+
+    def off(**_):
+        Variable.set(KILL_SWITCH_VARIABLE, "false")  # noqa: AIR311
+
+    try:
+        with s3_faults(("after-call.s3.CopyObject", off)):
+            run = run_dag(dagbag, "apply_storage_tiers")
+    finally:
+        Variable.delete(KILL_SWITCH_VARIABLE)  # noqa: AIR311
+    (ti,) = [ti for ti in run.get_task_instances() if ti.task_id.startswith("archive_")]
+    summary = ti.xcom_pull(task_ids=ti.task_id)
+    assert ti.state == "success" and summary["stopped_by"] == "kill_switch", summary
+    assert summary["objects"] == 0
+    assert dreamseed.keys("dreamseed-logs", prefix="app/") == logs_before
