@@ -628,6 +628,7 @@ class LifecycleApplyMachine(RuleBasedStateMachine):
 
 @pytest.fixture
 def property_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ANCHOR_SKEW_ENV, str(int(GuardrailMachine.SKEW.total_seconds())))
     monkeypatch.setenv(SWITCH_ENV, "true")
     monkeypatch.setenv(RECHECK_ENV, "0")  # read before every batch: flips take effect at once
 
