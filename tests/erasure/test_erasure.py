@@ -283,7 +283,7 @@ class TestKillSwitch:
         monkeypatch.setenv(RECHECK_ENV, "0")
         return name
 
-    def test_erase_tables_stops_after_the_target_in_hand(self, world, switch_env, pg_database):
+    def test_erase_tables_stops_after_the_batch_in_hand(self, world, switch_env, pg_database):
         import os
         import threading
         import time
@@ -297,10 +297,11 @@ class TestKillSwitch:
         run.record(Status.STARTED)
         first = prepare_targets(world.pg, world.smap)[0].target.table
         before = world.snapshot()
+        assert before[f"{first}:{SUBJECT_ID}"] > 2  # more than one batch (size 2 in the test map)
         holder = connect(pg_database)
         holder.execute(f"LOCK TABLE {first} IN ACCESS EXCLUSIVE MODE")
 
-        def off_while_the_first_target_waits() -> None:
+        def off_while_the_first_batch_waits() -> None:
             with connect(pg_database, autocommit=True) as watcher:
                 for _ in range(500):
                     waiting = watcher.execute(
@@ -313,10 +314,13 @@ class TestKillSwitch:
             os.environ[switch_env] = "false"
             holder.commit()
 
-        thread = threading.Thread(target=off_while_the_first_target_waits)
+        thread = threading.Thread(target=off_while_the_first_batch_waits)
         thread.start()
         try:
-            with pytest.raises(KillSwitchStopped, match="after 1 target") as err, run.failures_recorded():
+            with (
+                pytest.raises(KillSwitchStopped, match=r"after 0 target.*2 row") as err,
+                run.failures_recorded(),
+            ):
                 run.erase_tables()
         finally:
             thread.join(5)
@@ -326,8 +330,14 @@ class TestKillSwitch:
         after = world.snapshot()
         changed = {t.split(":")[0] for t in before if t != "s3" and before[t] != after[t]}
         assert changed == {first}, changed
+        assert after[f"{first}:{SUBJECT_ID}"] == before[f"{first}:{SUBJECT_ID}"] - 2  # one batch
         last = world.ledger()[-1]
         assert last["status"] == "failed" and "KillSwitchStopped" in last["reason"]
+
+        os.environ[switch_env] = "true"  # back on: the rerun finishes the erasure
+        run.erase_tables()
+        run.purge_objects()
+        run.verify()
 
     def test_purge_objects_stops_before_a_bucket(self, world, switch_env, monkeypatch):
         run = world.run()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import sql
@@ -26,10 +27,14 @@ def erase_target(
     user_id: int,
     keys: SubjectKeys,
     batch: BatchSettings,
+    *,
+    stop: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Delete or mask the subject's rows of one target; returns rows, batches and seconds.
 
     :param conn: an autocommit psycopg connection (each batch opens its own transaction).
+    :param stop: called with the rows done so far before every batch after the first; it raises
+        to stop between batches (the kill switch).
     """
     started = time.monotonic()
     pk = prepared.info.primary_key
@@ -39,6 +44,8 @@ def erase_target(
     rows = batches = 0
     last: tuple[Any, ...] | None = None
     while True:
+        if stop is not None and batches:
+            stop(rows)
         query, query_params = _batch_statement(prepared, action_sql, pk, last)
         with conn.transaction():
             conn.execute(

@@ -259,7 +259,13 @@ class Run:
             switch = KillSwitch(self.label)
             for p in prepared:
                 self.stop_if_switched_off(switch, done=out)
-                out[p.name] = erase_target(conn, p, self.request.user_id, self.keys, self.smap.batch)["rows"]
+
+                def between_batches(rows: int, name: str = p.name) -> None:
+                    self.stop_if_switched_off(switch, done=out, partly=(name, rows))
+
+                out[p.name] = erase_target(
+                    conn, p, self.request.user_id, self.keys, self.smap.batch, stop=between_batches
+                )["rows"]
         return out
 
     def purge_objects(self) -> dict[str, Any]:
@@ -280,12 +286,17 @@ class Run:
                 out.update(delete_scanned(self.s3, scan))
         return out
 
-    def stop_if_switched_off(self, switch: KillSwitch, *, done: Mapping[str, Any]) -> None:
-        """Between targets: raise ``KillSwitchStopped`` (the step fails, recorded) once the switch is off."""
+    def stop_if_switched_off(
+        self, switch: KillSwitch, *, done: Mapping[str, Any], partly: tuple[str, int] | None = None
+    ) -> None:
+        """Between targets and batches: raise ``KillSwitchStopped`` (the step fails, recorded) once
+        the switch is off."""
         if switch.tripped():
+            within = f", and {partly[1]} row(s) of {partly[0]}" if partly else ""
             raise KillSwitchStopped(
                 f"Erasure of {self.label} stopped by the kill switch {KILL_SWITCH_VARIABLE} after"
-                f" {len(done)} target(s) ({', '.join(done) or 'none'}); clear the task once it is back on"
+                f" {len(done)} target(s) ({', '.join(done) or 'none'}){within}; clear the task once it"
+                " is back on (a rerun finishes it)"
             )
 
     def verify(self) -> dict[str, int]:
