@@ -38,3 +38,32 @@ def test_a_retried_try_says_which_try_follows_and_when():
 
 def test_the_last_try_says_no_retry_follows():
     assert next_try_text(_context(4), retrying=False) == "No retry follows: try 4 of 4 was the last."
+
+
+def test_missed_deadline_posts_the_rendered_notice_as_the_triggerer_runs_it(slack_sink):
+    """The triggerer imports the callback by its path and awaits it with the deadline's context."""
+    import asyncio
+
+    from airflow.triggers.callback import CallbackTrigger
+
+    from data_lifecycle.alerts import deadline_alert
+
+    alert = deadline_alert(timedelta(minutes=45))
+    assert alert.callback.path == "data_lifecycle.deadline_notice.post_deadline_notice"
+    context = {
+        "dag_run": {"dag_id": "cleanup_expired_sessions", "dag_run_id": "scheduled__2026-03-01"},
+        "deadline": {"id": "d-1", "deadline_time": "2026-03-01T02:45:00+00:00"},
+    }
+    trigger = CallbackTrigger(alert.callback.path, {**alert.callback.kwargs, "context": context})
+
+    async def events() -> list[dict[str, object]]:
+        return [event.payload async for event in trigger.run()]
+
+    states = [str(e["state"]) for e in asyncio.run(events())]
+    assert states[-1].lower().endswith("success"), states
+    texts = slack_sink.texts()
+    assert any(
+        "*cleanup_expired_sessions* run `scheduled__2026-03-01` has not succeeded 45 minutes" in t
+        and "deadline 2026-03-01T02:45:00+00:00" in t
+        for t in texts
+    ), texts

@@ -21,6 +21,7 @@ from airflow.sdk import ExceptionRetryPolicy, RetryAction, RetryRule
 from airflow.sdk.definitions.callback import AsyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
+from data_lifecycle.deadline_notice import post_deadline_notice
 from data_lifecycle.exceptions import GuardrailTripped, LifecycleConfigError
 from data_lifecycle.kill_switch import KILL_SWITCH_VARIABLE, is_off, read_switch
 from data_lifecycle.slack import SLACK_TIMEOUT_SECONDS
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 
 OWNER = "data-platform"
 SLACK_CONN_ID = "slack_alerts"
-# Imported by path: the triggerer imports it to run deadline callbacks; DAG parsing never does.
-SLACK_NOTIFIER_PATH = "airflow.providers.slack.notifications.slack_webhook.SlackWebhookNotifier"
 
 # Every DAG's tags come from this set (the integrity test enforces it).
 APPROVED_TAGS = frozenset(
@@ -178,13 +177,14 @@ def deadline_alert(interval: timedelta, *, slack_conn_id: str = SLACK_CONN_ID) -
     """A Slack alert when a run has not succeeded ``interval`` after it was queued.
 
     ``DAGRUN_QUEUED_AT`` (not the logical date) so manual runs without a logical date get one too.
-    The callback runs in the triggerer, so it is the provider's notifier class, importable there.
+    The callback runs in the triggerer (our plugins package is importable there). Airflow imports
+    it at parse time to check it is awaitable, so it is ours, light, and loads Slack only when called.
     """
     return DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=interval,
         callback=AsyncCallback(
-            SLACK_NOTIFIER_PATH,
+            post_deadline_notice,
             kwargs={
                 "slack_webhook_conn_id": slack_conn_id,
                 "timeout": SLACK_TIMEOUT_SECONDS,

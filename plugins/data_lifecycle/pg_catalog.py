@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from psycopg import sql
+from typing import TYPE_CHECKING, Any
 
 from data_lifecycle.exceptions import LifecycleConfigError
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 # PostgreSQL's NAMEDATALEN is 64: identifiers are at most 63 bytes.
 MAX_IDENTIFIER_LENGTH = 63
@@ -58,6 +59,8 @@ class TableRef:
 
     @property
     def ident(self) -> sql.Identifier:
+        from psycopg import sql  # imported in tasks only: DAG files parse without the driver
+
         return sql.Identifier(self.schema, self.name)
 
     @property
@@ -80,6 +83,8 @@ class Column:
 
     @property
     def ident(self) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(self.name)
 
 

@@ -6,7 +6,10 @@ DAG folders (an import error, a DAG without retries, a broken policy file) to sh
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -139,6 +142,53 @@ def slow_files(folder: Path) -> list[tuple[str, float]]:
 
 def test_each_dag_file_parses_under_a_second():
     assert slow_files(DAGS_FOLDER) == []
+
+
+# Modules a DAG file must not import at parse time: drivers and clients belong in the tasks and
+# callbacks that use them (each costs tens of milliseconds on every parse of every file).
+HEAVY_AT_PARSE = ("psycopg", "slack_sdk", "aiohttp", "boto3", "botocore", "s3transfer", "pyarrow")
+
+_IMPORTS_CHILD = """
+import importlib.util, json, sys
+import airflow.sdk
+before = set(sys.modules)
+found = {}
+for path in sys.argv[1:]:
+    spec = importlib.util.spec_from_file_location("dag_" + str(len(found)), path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    found[path] = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in HEAVY)
+print(json.dumps(found))
+"""
+
+
+def heavy_imports(folder: Path) -> dict[str, list[str]]:
+    """Per DAG file of ``folder``, the heavy modules it loaded beyond ``import airflow.sdk``.
+
+    One fresh process for the folder. Its metadata database is left at the default (SQLite): on a
+    PostgreSQL one, Airflow itself imports psycopg, which would hide a DAG file importing it.
+    """
+    paths = sorted(str(p) for p in folder.glob("*.py"))
+    code = f"HEAVY = {HEAVY_AT_PARSE!r}\n" + _IMPORTS_CHILD
+    env = {k: v for k, v in os.environ.items() if k != "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *paths], capture_output=True, text=True, check=True, timeout=120, env=env
+    )
+    found: dict[str, list[str]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return {Path(path).name: modules for path, modules in found.items() if modules}
+
+
+def test_dag_files_import_no_drivers_or_clients_at_parse_time():
+    assert heavy_imports(DAGS_FOLDER) == {}
+
+
+def test_heavy_import_guard_names_the_file(tmp_path):
+    _write_dag(tmp_path, "a_light")
+    _write_dag(tmp_path, "b_heavy")
+    heavy = tmp_path / "b_heavy.py"
+    heavy.write_text("import psycopg  # noqa: F401\n" + heavy.read_text())
+    found = heavy_imports(tmp_path)
+    assert list(found) == ["b_heavy.py"]
+    assert "psycopg" in found["b_heavy.py"]
 
 
 def test_parse_time_guard_catches_work_at_top_level(tmp_path):
