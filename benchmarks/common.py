@@ -173,12 +173,12 @@ class RequestCounter:
         return sum(self.by_operation.values())
 
 
-def s3_client() -> Any:
-    """A fresh boto3 S3 client for the ``lifecycle_aws`` connection (not counted unless attached)."""
+def s3_client(conn_id: str = AWS_CONN_ID) -> Any:
+    """A fresh boto3 S3 client for an AWS connection (not counted unless attached)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
     from botocore.config import Config
 
-    hook = S3Hook(aws_conn_id=AWS_CONN_ID)
+    hook = S3Hook(aws_conn_id=conn_id)
     hook.conn_config.botocore_config = Config(max_pool_connections=32)
     return hook.get_conn()
 

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -576,13 +577,17 @@ class TestS3GlacierCopyThenDeleteOperator:
         put_many(s3_client, source, ["logs/a.log", "logs/b.log"], body=body_of)
         op = archive_op(source, dest)
 
-        def rewrite_after_verification(params: dict[str, Any], **_: Any) -> None:
-            if params["Bucket"] == dest and params["Key"] == "archive/logs/a.log":
+        def note_key(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+            context["archive_key"] = params["Key"]
+
+        def rewrite_after_verification(context: dict[str, Any], **_: Any) -> None:
+            # Right after the copy's answer, which carries the checksum that verifies it.
+            if context.get("archive_key") == "archive/logs/a.log":
                 s3_client.put_object(Bucket=source, Key="logs/a.log", Body=b"new bytes")
 
-        op.hook.get_conn().meta.events.register(
-            "provide-client-params.s3.HeadObject", rewrite_after_verification
-        )
+        events = op.hook.get_conn().meta.events
+        events.register("provide-client-params.s3.CopyObject", note_key)
+        events.register("after-call.s3.CopyObject", rewrite_after_verification)
         summary = op.execute(everything_old())
 
         assert (summary["objects"], summary["skipped"], summary["failed"]) == (1, 1, 0)
@@ -683,6 +688,73 @@ class TestS3GlacierCopyThenDeleteOperator:
         assert summary["bytes"] == len(body_of("logs/a")) * 2
         assert all_keys(s3_client, source) == ["logs/a", "logs/b"]
         assert all_keys(s3_client, dest) == []
+
+    def test_two_requests_per_object_when_the_copy_answers_with_its_checksum(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        """HEAD of the source and the copy; the rest (listings, deletes) is per batch of 1,000.
+
+        The moto server answers CopyObject with the checksum it computed for the copy, as S3 does.
+        """
+        source, dest = make_bucket("src"), make_bucket("arch")
+        keys = [f"logs/{i:05d}.log" for i in range(1_200)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        op = archive_op(source, dest)
+        sent: Counter[str] = Counter()
+        op.hook.get_conn().meta.events.register(
+            "before-send.s3", lambda event_name, **_: sent.update([event_name.rsplit(".", 1)[-1]])
+        )
+
+        summary = op.execute(everything_old())
+
+        assert (summary["objects"], summary["failed"]) == (1_200, 0)
+        assert (sent["HeadObject"], sent["CopyObject"]) == (1_200, 1_200)
+        assert sent["DeleteObjects"] == 2
+        # The rest: the buckets' checks, then per batch of 1,000 a few listings and the delete.
+        assert sum(sent.values()) - 2 * len(keys) <= 3 + 2 * 6, sent
+        assert all_keys(s3_client, source) == []
+        assert len(all_keys(s3_client, dest)) == 1_200
+
+    def test_without_a_checksum_in_the_copy_s_answer_each_copy_is_verified_by_head(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        source, dest = make_bucket("src"), make_bucket("arch")
+        keys = [f"logs/{i:02d}.log" for i in range(30)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        op = archive_op(source, dest)
+        client = op.hook.get_conn()
+        calls = CallCounter(client, "HeadObject")
+
+        def no_checksum(parsed: dict[str, Any], **_: Any) -> None:  # an endpoint that returns none
+            for name in list(parsed.get("CopyObjectResult", {})):
+                if name.startswith("Checksum"):
+                    del parsed["CopyObjectResult"][name]
+
+        client.meta.events.register("after-call.s3.CopyObject", no_checksum)
+        summary = op.execute(everything_old())
+
+        assert (summary["objects"], summary["failed"]) == (30, 0)
+        heads = sorted(c["Key"] for c in calls.calls["HeadObject"])
+        assert heads == sorted(keys + ["archive/" + k for k in keys])
+
+    def test_a_copy_in_the_wrong_class_is_caught_by_the_listing_and_keeps_its_source(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        """The checksum in the copy's answer matches, but the endpoint ignored the storage class."""
+        source, dest = make_bucket("src"), make_bucket("arch")
+        keys = [f"logs/{i:02d}.log" for i in range(10)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        op = archive_op(source, dest)
+
+        def ignore_class(params: dict[str, Any], **_: Any) -> None:
+            if params["Key"] == "archive/logs/04.log":
+                params["StorageClass"] = "STANDARD"
+
+        op.hook.get_conn().meta.events.register("provide-client-params.s3.CopyObject", ignore_class)
+        with pytest.raises(VerificationFailed, match=r"logs/04.log.*storage class STANDARD != GLACIER"):
+            op.execute(everything_old())
+
+        assert all_keys(s3_client, source) == ["logs/04.log"]
 
     def test_recent_objects_stay_and_deletes_are_conditional(self, s3_client: Any, make_bucket: Any) -> None:
         source, dest = make_bucket("src"), make_bucket("arch")

@@ -139,36 +139,97 @@ def _warm_class(_: dict[str, Any], parsed: dict[str, Any]) -> None:
     parsed["StorageClass"] = "STANDARD"
 
 
+def _no_checksum_in_copy_answer(estate: Estate) -> list[tuple[str, Callable[..., Any]]]:
+    """The failing keys' copies are answered without a checksum (an endpoint that returns none),
+    so that they are verified by HEAD."""
+
+    def drop(_: dict[str, Any], parsed: dict[str, Any]) -> None:
+        result = parsed.get("CopyObjectResult", {})
+        for name in [n for n in result if n.startswith("Checksum")]:
+            del result[name]
+
+    return rewrite_response("CopyObject", _copy_of_failing, drop)
+
+
+def _head_faults(estate: Estate, faults: list[tuple[str, Callable[..., Any]]]) -> list[Any]:
+    return [*_no_checksum_in_copy_answer(estate), *faults]
+
+
 HEAD_FAULTS: list[Any] = [
     pytest.param(
-        lambda e: fault_when("HeadObject", lambda p: ("InternalError", 500) if _dest_head(e)(p) else None),
+        lambda e: _head_faults(
+            e, fault_when("HeadObject", lambda p: ("InternalError", 500) if _dest_head(e)(p) else None)
+        ),
         "InternalError",
         id="head-error-500",
     ),
     pytest.param(
-        lambda e: fault_when("HeadObject", lambda p: ("SlowDown", 503) if _dest_head(e)(p) else None),
+        lambda e: _head_faults(
+            e, fault_when("HeadObject", lambda p: ("SlowDown", 503) if _dest_head(e)(p) else None)
+        ),
         "SlowDown",
         id="head-throttled-503",
     ),
     pytest.param(
-        lambda e: fault_when("HeadObject", lambda p: ("404", 404) if _dest_head(e)(p) else None),
+        lambda e: _head_faults(
+            e, fault_when("HeadObject", lambda p: ("404", 404) if _dest_head(e)(p) else None)
+        ),
         "the copy is missing",
         id="head-not-found",
     ),
     pytest.param(
-        lambda e: rewrite_response("HeadObject", _dest_head(e), _corrupt_checksum),
+        lambda e: _head_faults(e, rewrite_response("HeadObject", _dest_head(e), _corrupt_checksum)),
         "not verified: SHA256",
         id="head-wrong-checksum",
     ),
     pytest.param(
-        lambda e: rewrite_response("HeadObject", _dest_head(e), _shrink),
+        lambda e: _head_faults(e, rewrite_response("HeadObject", _dest_head(e), _shrink)),
         "not verified: size",
         id="head-wrong-size",
     ),
     pytest.param(
-        lambda e: rewrite_response("HeadObject", _dest_head(e), _warm_class),
+        lambda e: _head_faults(e, rewrite_response("HeadObject", _dest_head(e), _warm_class)),
         "not verified: storage class",
         id="head-wrong-storage-class",
+    ),
+]
+
+
+def _dest_listing(estate: Estate) -> Callable[[dict[str, Any]], bool]:
+    return lambda p: p["Bucket"] == estate.dest
+
+
+def _listed(change: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    """Apply ``change`` to the failing keys' entries of a listing; it returns False to drop one."""
+
+    def rewrite(_: dict[str, Any], parsed: dict[str, Any]) -> None:
+        entries = parsed.get("Contents", [])
+        parsed["Contents"] = [
+            e for e in entries if e["Key"][len("archive/") :] not in FAILING or change(e) is not False
+        ]
+
+    return rewrite
+
+
+# Copies verified by the checksum of the copy's answer get their size and class from a listing of
+# the archive before the delete: a listing that says otherwise keeps the sources.
+LISTING_FAULTS: list[Any] = [
+    pytest.param(
+        lambda e: rewrite_response("ListObjectsV2", _dest_listing(e), _listed(lambda o: o.update(Size=1))),
+        "not verified: size",
+        id="listing-wrong-size",
+    ),
+    pytest.param(
+        lambda e: rewrite_response(
+            "ListObjectsV2", _dest_listing(e), _listed(lambda o: o.update(StorageClass="STANDARD"))
+        ),
+        "not verified: storage class",
+        id="listing-wrong-storage-class",
+    ),
+    pytest.param(
+        lambda e: rewrite_response("ListObjectsV2", _dest_listing(e), _listed(lambda o: False)),
+        "missing from the listing",
+        id="listing-copy-missing",
     ),
 ]
 
@@ -189,7 +250,7 @@ class TestGlacierCopyThenDeleteFaults:
         assert estate.check() == set(KEYS) - FAILING
         estate.retry_finishes()
 
-    @pytest.mark.parametrize(("faults", "reason"), HEAD_FAULTS)
+    @pytest.mark.parametrize(("faults", "reason"), HEAD_FAULTS + LISTING_FAULTS)
     def test_unverified_copies_keep_their_sources_and_the_retry_finishes(
         self, faults: Callable[[Estate], list[Any]], reason: str, s3_client: Any, make_bucket: Any
     ) -> None:

@@ -66,16 +66,16 @@ def bucket_versioning(client: Any, bucket: str) -> str:
     return str(client.get_bucket_versioning(Bucket=bucket).get("Status") or "")
 
 
-def current_etags(client: Any, bucket: str, prefix: str, keys: Iterable[str]) -> dict[str, str]:
-    """The ETag of each of ``keys`` that still exists, from one listing of the keys' range.
-
-    Cheaper than a HEAD per key: the range of a delete batch is about one listing page.
-    """
+def listed_objects(
+    client: Any, bucket: str, prefix: str, keys: Iterable[str]
+) -> dict[str, Mapping[str, Any]]:
+    """The listing entry (Size, ETag, StorageClass, ...) of each of ``keys`` that exists, from one
+    listing of the keys' range: cheaper than a HEAD per key, a batch's range is about one page."""
     wanted = set(keys)
     if not wanted:
         return {}
     first, last = min(wanted), max(wanted)
-    found: dict[str, str] = {}
+    found: dict[str, Mapping[str, Any]] = {}
     paginator = client.get_paginator("list_objects_v2")
     # The first key without its last character sorts just before it.
     start = {"StartAfter": first[:-1]} if first[:-1] else {}
@@ -84,8 +84,13 @@ def current_etags(client: Any, bucket: str, prefix: str, keys: Iterable[str]) ->
             if obj["Key"] > last:
                 return found
             if obj["Key"] in wanted:
-                found[obj["Key"]] = obj["ETag"]
+                found[obj["Key"]] = obj
     return found
+
+
+def current_etags(client: Any, bucket: str, prefix: str, keys: Iterable[str]) -> dict[str, str]:
+    """The ETag of each of ``keys`` that still exists, from one listing of the keys' range."""
+    return {key: str(obj["ETag"]) for key, obj in listed_objects(client, bucket, prefix, keys).items()}
 
 
 def _mutable(entry: Mapping[str, Any]) -> bool:

@@ -30,9 +30,15 @@ from data_lifecycle.operators.s3.common import (
     delete_batches,
     error_code,
     is_not_found,
+    listed_objects,
     pooled_s3_hook,
     sample_keys,
     unchanged_since_listed,
+)
+from data_lifecycle.operators.s3.inventory_source import (
+    changed_since_inventory,
+    inventory_pages,
+    inventory_report,
 )
 from data_lifecycle.pricing import monthly_saving
 from data_lifecycle.rendered import as_bool
@@ -81,14 +87,21 @@ class _Outcome:
     storage_class: str = "STANDARD"
     etag: str | None = None
     reason: str = ""
+    dest_key: str = ""
+    # Verified by the checksum S3 returned for the copy; size and class still to be read from a listing.
+    check_listing: bool = False
 
 
 class S3GlacierCopyThenDeleteOperator(BaseOperator):
     """Archive objects older than the retention to an archive storage class: copy, verify, then delete.
 
     Each due object is copied to ``dest_bucket`` with the target storage class and a SHA-256
-    checksum computed by S3. The copy is verified by HEAD (``ChecksumMode=ENABLED``): its size,
-    SHA-256 and storage class must equal the source's. The expected SHA-256 is the source's own
+    checksum computed by S3. The copy must hold the source's size and SHA-256 in the target class.
+    S3 answers a CopyObject that asks for a checksum with the checksum of the bytes it wrote: when
+    that equals the source's, the copy's size and class are read from one listing of the archive's
+    key range before the delete batch (two requests per object: HEAD of the source and the copy).
+    Otherwise, and for multipart copies, the copy is verified by HEAD (``ChecksumMode=ENABLED``).
+    The expected SHA-256 is the source's own
     stored full-object one when it has one; otherwise the source is streamed once (pinned to its
     ETag) and hashed here. Objects over 5 GB are copied in parts, and their composite checksum (the
     checksum of the part checksums) is computed from the same stream with the same part boundaries.
@@ -122,6 +135,9 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
     :param restore_archived: request a restore of sources already in GLACIER/DEEP_ARCHIVE (and copy them
         once restored) instead of skipping them.
     :param allow_whole_bucket: allow an empty ``source_prefix``.
+    :param inventory: read the keys from the source bucket's S3 Inventory report instead of listing
+        it: ``{"manifest_bucket": ..., "manifest_prefix": ...}`` (the newest ``manifest.json`` there).
+        Every object is still HEADed first; one gone or changed (ETag, size) since the report is skipped.
     :param dry_run: only report what would be archived (templated).
     """
 
@@ -141,6 +157,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         checksum_algorithm: str = "SHA256",
         restore_archived: bool = False,
         allow_whole_bucket: bool = False,
+        inventory: Mapping[str, Any] | None = None,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
@@ -156,6 +173,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         self.checksum_algorithm = checksum_algorithm
         self.restore_archived = restore_archived
         self.allow_whole_bucket = allow_whole_bucket
+        self.inventory = dict(inventory) if inventory else None
         # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         where = f"{self.task_id} (s3://{source_bucket}/{source_prefix})"
@@ -183,6 +201,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 f"{where}: source_prefix {source_prefix!r} and dest_prefix {root!r} overlap in one bucket, "
                 "so archive copies could overwrite sources; use another bucket or disjoint prefixes"
             )
+        if self.inventory is not None:
+            inventory_report(source_bucket, self.inventory, where)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise LifecycleConfigError(
                 f"{where}: max_workers must be a positive integer, got {max_workers!r}"
@@ -258,6 +278,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     return
                 batch = pending[:DELETE_OBJECTS_MAX_KEYS]
                 del pending[:DELETE_OBJECTS_MAX_KEYS]
+                batch = self._listed_copies_verified(client, batch, failures)
                 # Conditional on the verified ETag, and checked against a fresh listing first: an
                 # object rewritten since it was verified is kept even where the ETag is ignored.
                 entries = [{"Key": o.key, "ETag": o.etag} for o in batch]
@@ -359,17 +380,26 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         self, client: Any, cutoff: datetime, dry_run: bool
     ) -> Iterator[tuple[list[dict[str, Any]], Mapping[str, int] | None]]:
         """Per listing page: the due objects and the archive keys already in that page's key range."""
-        paginator = client.get_paginator("list_objects_v2")
         after: str | None = None
-        for page in paginator.paginate(Bucket=self.source_bucket, Prefix=self.source_prefix):
-            contents = page.get("Contents", [])
+        for contents in self._source_pages(client):
             if not contents:
                 continue
             due = [obj for obj in contents if obj["LastModified"] < cutoff]
             first, last = self._dest_key(contents[0]["Key"]), self._dest_key(contents[-1]["Key"])
             existing = None if dry_run or not due else self._existing_copies(client, first, last, after)
-            after = last
+            # Inventory pages are sorted within a page only: each one lists its own archive range.
+            after = None if self.inventory else last
             yield due, existing
+
+    def _source_pages(self, client: Any) -> Iterator[list[dict[str, Any]]]:
+        """The source objects in pages: from the listing, or from the inventory report."""
+        if self.inventory is not None:
+            report = inventory_report(self.source_bucket, self.inventory, self.task_id)
+            yield from inventory_pages(client, report, self.source_prefix)
+            return
+        paginator = client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.source_bucket, Prefix=self.source_prefix):
+            yield page.get("Contents", [])
 
     def _existing_copies(
         self, client: Any, first: str, last: str, after: str | None
@@ -417,17 +447,21 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         """Copy, verify and report one object; never raises for a per-object problem."""
         key = obj["Key"]
         try:
-            return self._copy_and_verify(key, cutoff, existing)
+            return self._copy_and_verify(obj, cutoff, existing)
         except Exception as exc:
             return _Outcome(key, "failed", reason=f"{type(exc).__name__}: {exc}")
 
     def _copy_and_verify(
-        self, key: str, cutoff: datetime, existing_copies: Mapping[str, int] | None
+        self, listed: Mapping[str, Any], cutoff: datetime, existing_copies: Mapping[str, int] | None
     ) -> _Outcome:
+        key = listed["Key"]
         source = self._head(self.source_bucket, key)
         if source is None or source["LastModified"] >= cutoff:
             reason = "deleted since it was listed" if source is None else "rewritten since it was listed"
             return _Outcome(key, "skipped", reason=reason)
+        changed = changed_since_inventory(listed, source)
+        if changed:
+            return _Outcome(key, "skipped", reason=changed)
         size = int(source["ContentLength"])
         storage_class = source.get("StorageClass") or "STANDARD"
         if storage_class in ARCHIVED_CLASSES:
@@ -438,7 +472,14 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         part_bytes = self._part_bytes(size) if size > MAX_COPY_OBJECT_BYTES else None
         expected = self._expected_checksum(source, copy_source, part_bytes)
         dest_key = self._dest_key(key)
-        outcome = _Outcome(key, "archived", size=size, storage_class=storage_class, etag=source["ETag"])
+        outcome = _Outcome(
+            key,
+            "archived",
+            size=size,
+            storage_class=storage_class,
+            etag=source["ETag"],
+            dest_key=self._dest_key(key),
+        )
         existing = None
         if existing_copies is None or dest_key in existing_copies:
             existing = self._head(self.dest_bucket, dest_key)
@@ -478,6 +519,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     **extra,
                 )
                 copy_version = response.get("VersionId")
+                answered = (response.get("CopyObjectResult") or {}).get(f"Checksum{self.checksum_algorithm}")
             else:
                 from boto3.s3.transfer import TransferConfig
 
@@ -494,6 +536,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                     ),
                 )
                 copy_version = None
+                answered = None
         except ClientError as exc:
             if error_code(exc) not in ("PreconditionFailed", "412"):
                 raise
@@ -501,6 +544,12 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             if self._head(self.dest_bucket, dest_key) is not None:
                 return self._conflict(outcome.key, dest_key, "it was written while this copy ran")
             return _Outcome(outcome.key, "skipped", reason="rewritten since it was checked")
+        if answered and _same_checksum(expected, answered):
+            # S3 computed this from the bytes it wrote; size and class come from the listing.
+            outcome.check_listing = True
+            return outcome
+        # No checksum in the answer (an endpoint that does not return one), or another one: HEAD
+        # says what differs.
         copied = self._head(self.dest_bucket, dest_key, copy_version)
         problem = "the copy is missing" if copied is None else self._verified(copied, outcome.size, expected)
         if problem:
@@ -510,6 +559,38 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 reason=f"copy s3://{self.dest_bucket}/{dest_key} not verified: {problem}",
             )
         return outcome
+
+    def _listed_copies_verified(
+        self, client: Any, batch: list[_Outcome], failures: dict[str, str]
+    ) -> list[_Outcome]:
+        """The batch without the copies whose listed size or storage class is wrong (those fail).
+
+        Copies verified by the checksum of the copy's answer are checked here, one listing of the
+        archive per delete batch instead of a HEAD per object.
+        """
+        unchecked = [o for o in batch if o.check_listing]
+        if not unchecked:
+            return batch
+        root = self.dest_prefix if self.dest_prefix is not None else self.source_prefix
+        listed = listed_objects(client, self.dest_bucket, root, [o.dest_key for o in unchecked])
+        kept: list[_Outcome] = []
+        for outcome in batch:
+            problem = None
+            if outcome.check_listing:
+                entry = listed.get(outcome.dest_key)
+                if entry is None:
+                    problem = "the copy is missing from the listing"
+                elif int(entry["Size"]) != outcome.size:
+                    problem = f"size {entry['Size']} != {outcome.size}"
+                elif (entry.get("StorageClass") or "STANDARD") != self.storage_class:
+                    problem = f"storage class {entry.get('StorageClass')} != {self.storage_class}"
+            if problem is None:
+                kept.append(outcome)
+            else:
+                failures[outcome.key] = (
+                    f"copy s3://{self.dest_bucket}/{outcome.dest_key} not verified: {problem}"
+                )
+        return kept
 
     def _conflict(self, key: str, dest_key: str, problem: str) -> _Outcome:
         return _Outcome(
