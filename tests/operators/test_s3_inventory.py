@@ -117,3 +117,135 @@ class TestInventoryDrivenCopyThenDelete:
     def test_a_bad_inventory_argument_is_refused_at_construction(self, inventory: dict[str, str]) -> None:
         with pytest.raises(LifecycleConfigError, match="inventory needs manifest_bucket and manifest_prefix"):
             archive_op("src", "arch", inventory=inventory)
+
+
+ROLE = "arn:aws:iam::123456789012:role/lifecycle-batch"
+
+
+def batch_spec(reports: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "threshold": 50,
+        "manifest_bucket": reports,
+        "manifest_prefix": "batch-jobs/",
+        "report_bucket": reports,
+        "report_prefix": "batch-reports/",
+        "role_arn": ROLE,
+        **extra,
+    }
+
+
+class TestBatchOperationsPlan:
+    def test_over_the_threshold_the_job_is_written_and_validated_not_copied(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        source, dest, reports = make_bucket("src"), make_bucket("arch"), make_bucket("inv")
+        keys = [f"logs/{i:03d} x.log" for i in range(120)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        write_inventory(s3_client, source, reports)
+        op = archive_op(
+            source,
+            dest,
+            inventory={"manifest_bucket": reports, "manifest_prefix": f"{source}/daily/"},
+            batch_operations=batch_spec(reports, submit=True),
+        )
+
+        summary = op.execute(everything_old())
+
+        plan = summary["batch_operations"]
+        assert plan["objects"] == 120 and summary["objects"] == 0
+        # The moto server has no s3control:CreateJob: the plan is written and validated only.
+        assert plan["submitted"] is False and "s3control" in plan["reason"]
+        manifest_key = plan["manifest"].removeprefix(f"s3://{reports}/")
+        body = s3_client.get_object(Bucket=reports, Key=manifest_key)["Body"].read().decode()
+        rows = list(csv.reader(io.StringIO(body)))
+        assert rows == [[source, k.replace(" ", "%20")] for k in sorted(keys)]
+        assert plan["manifest_etag"] == s3_client.head_object(Bucket=reports, Key=manifest_key)["ETag"]
+        # Nothing was copied or deleted: Batch Operations copies, a later run verifies and deletes.
+        assert all_keys(s3_client, source) == sorted(keys) and all_keys(s3_client, dest) == []
+
+        # A rerun of the same run reuses its manifest (written once, never replaced).
+        again = archive_op(
+            source,
+            dest,
+            inventory={"manifest_bucket": reports, "manifest_prefix": f"{source}/daily/"},
+            batch_operations=batch_spec(reports),
+        ).execute(everything_old())
+        assert again["batch_operations"]["manifest_etag"] == plan["manifest_etag"]
+
+    def test_within_the_threshold_objects_are_copied_as_usual(self, s3_client: Any, make_bucket: Any) -> None:
+        source, dest, reports = make_bucket("src"), make_bucket("arch"), make_bucket("inv")
+        keys = [f"logs/{i:02d}.log" for i in range(20)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        write_inventory(s3_client, source, reports)
+        summary = archive_op(
+            source,
+            dest,
+            inventory={"manifest_bucket": reports, "manifest_prefix": f"{source}/daily/"},
+            batch_operations=batch_spec(reports),
+        ).execute(everything_old())
+        assert summary["objects"] == 20 and "batch_operations" not in summary
+        assert all_keys(s3_client, source) == []
+
+    def test_a_request_that_does_not_hold_is_refused_naming_each_problem(
+        self, s3_client: Any, make_bucket: Any
+    ) -> None:
+        from data_lifecycle.operators.s3.batch_operations import (
+            create_job_request,
+            validate_job_request,
+            write_manifest,
+        )
+
+        reports, dest = make_bucket("inv"), make_bucket("arch")
+        etag = write_manifest(s3_client, reports, "jobs/m.csv", "src", ["logs/a.log"])
+        good = create_job_request(
+            account_id="123456789012",
+            role_arn=ROLE,
+            manifest_bucket=reports,
+            manifest_key="jobs/m.csv",
+            manifest_etag=etag,
+            dest_bucket=dest,
+            storage_class="GLACIER",
+            report_bucket=reports,
+            report_prefix="reports/",
+            description="test",
+        )
+        assert validate_job_request(good, s3_client=s3_client, dest_bucket=dest) == []
+
+        bad = json.loads(json.dumps(good))
+        bad["Manifest"]["Location"]["ETag"] = '"0123"'
+        bad["Operation"] = {"S3DeleteObjectTagging": {}}
+        bad["RoleArn"] = "arn:aws:iam::999999999999:role/other"
+        bad["Report"]["Enabled"] = False
+        problems = " | ".join(validate_job_request(bad, s3_client=s3_client, dest_bucket=dest))
+        assert "operation must be S3PutObjectCopy" in problems
+        assert "manifest ETag" in problems
+        assert "role account 999999999999" in problems
+        assert "completion report must be enabled" in problems
+
+    @pytest.mark.parametrize(
+        ("kwargs", "message"),
+        [
+            pytest.param({"batch_operations": {"threshold": 5}}, "needs inventory", id="no-inventory"),
+            pytest.param(
+                {
+                    "inventory": {"manifest_bucket": "i", "manifest_prefix": "p/"},
+                    "batch_operations": {"threshold": 5},
+                },
+                "missing",
+                id="missing-settings",
+            ),
+            pytest.param(
+                {
+                    "inventory": {"manifest_bucket": "i", "manifest_prefix": "p/"},
+                    "batch_operations": {**batch_spec("i"), "role_arn": "admin"},
+                },
+                "not an IAM role ARN",
+                id="bad-role",
+            ),
+        ],
+    )
+    def test_bad_batch_settings_are_refused_at_construction(
+        self, kwargs: dict[str, Any], message: str
+    ) -> None:
+        with pytest.raises(LifecycleConfigError, match=message):
+            archive_op("src", "arch", **kwargs)

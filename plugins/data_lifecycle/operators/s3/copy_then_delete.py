@@ -21,6 +21,7 @@ from data_lifecycle.exceptions import (
 )
 from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
 from data_lifecycle.kill_switch import KillSwitch
+from data_lifecycle.operators.s3 import batch_operations as batch_ops
 from data_lifecycle.operators.s3.common import (
     DELETE_OBJECTS_MAX_KEYS,
     MAX_KEYS_IN_ERROR,
@@ -37,6 +38,7 @@ from data_lifecycle.operators.s3.common import (
 )
 from data_lifecycle.operators.s3.inventory_source import (
     changed_since_inventory,
+    inventory_objects,
     inventory_pages,
     inventory_report,
 )
@@ -138,6 +140,10 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
     :param inventory: read the keys from the source bucket's S3 Inventory report instead of listing
         it: ``{"manifest_bucket": ..., "manifest_prefix": ...}`` (the newest ``manifest.json`` there).
         Every object is still HEADed first; one gone or changed (ETag, size) since the report is skipped.
+    :param batch_operations: with ``inventory``, above ``threshold`` due objects write an S3 Batch
+        Operations plan instead of copying (see ``batch_operations.py``): ``threshold``,
+        ``manifest_bucket``, ``manifest_prefix``, ``report_bucket``, ``report_prefix``, optional
+        ``role_arn`` (else the connection's ``batch_operations_role_arn`` extra), ``submit``, ``priority``.
     :param dry_run: only report what would be archived (templated).
     """
 
@@ -158,6 +164,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         restore_archived: bool = False,
         allow_whole_bucket: bool = False,
         inventory: Mapping[str, Any] | None = None,
+        batch_operations: Mapping[str, Any] | None = None,
         dry_run: bool | str = False,
         **kwargs: Any,
     ) -> None:
@@ -174,6 +181,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         self.restore_archived = restore_archived
         self.allow_whole_bucket = allow_whole_bucket
         self.inventory = dict(inventory) if inventory else None
+        self.batch_operations = dict(batch_operations) if batch_operations else None
         # Shadows BaseOperator.dry_run(), a render-only helper Airflow 3 never calls: the flag is templated.
         self.dry_run = dry_run  # type: ignore[method-assign,assignment]
         where = f"{self.task_id} (s3://{source_bucket}/{source_prefix})"
@@ -203,6 +211,10 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             )
         if self.inventory is not None:
             inventory_report(source_bucket, self.inventory, where)
+        if self.batch_operations is not None:
+            if self.inventory is None:
+                raise LifecycleConfigError(f"{where}: batch_operations needs inventory (the job's keys)")
+            batch_ops.check_settings(self.batch_operations, where)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise LifecycleConfigError(
                 f"{where}: max_workers must be a positive integer, got {max_workers!r}"
@@ -227,6 +239,10 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 "current again). Tier this prefix with lifecycle rules (noncurrent_transitions) instead"
             )
         self._refuse_overwrites(client)
+        if self.batch_operations is not None and not dry_run:
+            planned = self._batch_plan(client, cutoff)
+            if planned is not None:
+                return planned
         confirm = unchanged_since_listed(client, self.source_bucket, self.source_prefix)
         self.log.info(
             "Archiving s3://%s/%s objects last modified before %s to s3://%s/%s as %s%s",
@@ -358,6 +374,32 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 f"archived and their sources were kept; {stats['objects']} archived. Failed: {sample_keys(failures)}"
             )
         return summary
+
+    def _batch_plan(self, client: Any, cutoff: datetime) -> dict[str, Any] | None:
+        """Above the threshold, the Batch Operations plan instead of copies (None: copy as usual)."""
+        assert self.inventory is not None and self.batch_operations is not None
+        report = inventory_report(self.source_bucket, self.inventory, self.task_id)
+        due = [
+            obj["Key"]
+            for obj in inventory_objects(client, report, self.source_prefix)
+            if obj["LastModified"] < cutoff and obj["StorageClass"] not in ARCHIVED_CLASSES
+        ]
+        threshold = int(self.batch_operations["threshold"])
+        if len(due) <= threshold:
+            self.log.info(
+                "%d due object(s), within the Batch Operations threshold %d: copying", len(due), threshold
+            )
+            return None
+        plan = batch_ops.plan_for(self, client, due, cutoff)
+        return {
+            "objects": 0,
+            "bytes": 0,
+            "skipped": 0,
+            "failed": 0,
+            "dry_run": False,
+            "cutoff": cutoff.isoformat(),
+            "batch_operations": plan,
+        }
 
     @property
     def _client(self) -> Any:
