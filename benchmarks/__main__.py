@@ -11,12 +11,15 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 
 from benchmarks import report
 from benchmarks.common import Scale, connect, server_version
 
+# Benchmarks that read no PostgreSQL template (a run of only these does not build one).
+WITHOUT_TEMPLATE = frozenset({"glacier_copy", "dag_parse"})
 # Run in this order; each name is a module of this package with ``run(scale, template) -> Result``.
 BENCHMARKS = (
     "batched_delete",
@@ -44,23 +47,39 @@ def main(argv: list[str] | None = None) -> None:
     scale = Scale(args.scale)
     with connect() as conn:
         pg_version = server_version(conn)
-    print(f"Preparing the data at scale {scale.factor} ...", flush=True)
-    template = dataset.prepare_template(scale)
+    template = ""
+    if set(args.only) - WITHOUT_TEMPLATE:
+        print(f"Preparing the data at scale {scale.factor} ...", flush=True)
+        template = dataset.prepare_template(scale)
     for name in args.only:
         print(f"Running {name} ...", flush=True)
         t0 = time.perf_counter()
+        load_before = _uptime()
         result = importlib.import_module(f"benchmarks.{name}").run(scale, template)
         result.details["benchmark_seconds"] = round(time.perf_counter() - t0, 1)
+        # The machine is shared: the load beside the figures says what else was running.
+        result.details["uptime_before"], result.details["uptime_after"] = load_before, _uptime()
         result.save(args.results)
+    # A run of some benchmarks keeps the others' results in the table.
+    machine_file = args.results / report.MACHINE_FILE
+    earlier = (
+        json.loads(machine_file.read_text(encoding="utf-8")).get("benchmarks", [])
+        if machine_file.exists()
+        else []
+    )
     meta = {
         "machine": report.machine(pg_version),
         "scale": scale.factor,
         "seconds": time.perf_counter() - started,
-        "benchmarks": list(args.only),
+        "benchmarks": [name for name in BENCHMARKS if name in {*earlier, *args.only}],
     }
     (args.results / report.MACHINE_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     print()
     print(report.table(*report.load(args.results)))
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 if __name__ == "__main__":

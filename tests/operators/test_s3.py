@@ -31,6 +31,7 @@ from data_lifecycle.operators.s3 import (
     S3ExpireObjectsOperator,
     S3GlacierCopyThenDeleteOperator,
 )
+from data_lifecycle.operators.s3 import checksums as s3_checksums
 from data_lifecycle.operators.s3 import common as s3_common
 from data_lifecycle.operators.s3 import copy_then_delete as s3_copy
 
@@ -641,7 +642,7 @@ class TestS3GlacierCopyThenDeleteOperator:
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(s3_copy, "MAX_COPY_OBJECT_BYTES", 6 * 1024**2)
-        monkeypatch.setattr(s3_copy, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
+        monkeypatch.setattr(s3_checksums, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
         source, dest = make_bucket("src"), make_bucket("arch")
         big = bytes(range(256)) * (12 * 1024**2 // 256 + 7)
         s3_client.put_object(Bucket=source, Key="logs/big.bin", Body=big, ChecksumAlgorithm="SHA256")
@@ -660,7 +661,7 @@ class TestS3GlacierCopyThenDeleteOperator:
         self, s3_client: Any, make_bucket: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setattr(s3_copy, "MAX_COPY_OBJECT_BYTES", 6 * 1024**2)
-        monkeypatch.setattr(s3_copy, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
+        monkeypatch.setattr(s3_checksums, "MULTIPART_COPY_PART_BYTES", 5 * 1024**2)
         source, dest = make_bucket("src"), make_bucket("arch")
         big = bytes(range(256)) * (7 * 1024**2 // 256)
         s3_client.put_object(Bucket=source, Key="logs/big.bin", Body=big, ChecksumAlgorithm="SHA256")

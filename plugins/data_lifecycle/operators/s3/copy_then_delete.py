@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +19,8 @@ from data_lifecycle.exceptions import (
 )
 from data_lifecycle.kill_switch import STOPPED_BY as KILL_SWITCH_STOP
 from data_lifecycle.kill_switch import KillSwitch
-from data_lifecycle.operators.s3 import batch_operations as batch_ops
+from data_lifecycle.operators.s3.batch_operations import check_settings, plan_for
+from data_lifecycle.operators.s3.checksums import HASHERS, expected_checksum, part_bytes_for, same_checksum
 from data_lifecycle.operators.s3.common import (
     DELETE_OBJECTS_MAX_KEYS,
     MAX_KEYS_IN_ERROR,
@@ -51,34 +50,14 @@ if TYPE_CHECKING:
 
 # CopyObject: "You can store individual objects of up to 5 TB ... copy an object up to 5 GB in a single operation."
 MAX_COPY_OBJECT_BYTES = 5 * 1024**3
-# Part size for multipart copies (UploadPartCopy parts are 5 MiB to 5 GiB, at most 10,000 parts).
-MULTIPART_COPY_PART_BYTES = 512 * 1024**2
 # Storage classes whose objects must be restored before they can be read or copied.
 ARCHIVED_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 ARCHIVE_TARGET_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"})
 # Days a restored copy stays readable (RestoreObject Days) and the retrieval tier asked for.
 RESTORE_DAYS = 7
 RESTORE_TIER = "Standard"
-STREAM_CHUNK_BYTES = 8 * 1024**2
 # Archive keys listed per page of sources before falling back to one HEAD per key.
 EXISTING_COPIES_LIST_LIMIT = 5_000
-
-# Strong checksums only: two different byte strings of one size share a CRC32 far too easily for a
-# match to prove that an archive object holds the bytes about to be deleted.
-_HASHERS: Mapping[str, Callable[[], Any]] = {"SHA256": hashlib.sha256}
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def _same_checksum(expected: str, actual: str | None) -> bool:
-    """Compare S3 checksums; a composite one may carry a ``-<parts>`` suffix (base64 has no '-')."""
-    if not actual:
-        return False
-    e_value, _, e_parts = expected.partition("-")
-    a_value, _, a_parts = actual.partition("-")
-    return e_value == a_value and (not e_parts or not a_parts or e_parts == a_parts)
 
 
 @dataclass
@@ -192,10 +171,10 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 f"{where}: storage_class {storage_class!r} is not an archive class; "
                 f"use one of {sorted(ARCHIVE_TARGET_CLASSES)}"
             )
-        if checksum_algorithm not in _HASHERS:
+        if checksum_algorithm not in HASHERS:
             raise LifecycleConfigError(
                 f"{where}: checksum_algorithm {checksum_algorithm!r} is not supported (a strong checksum "
-                f"proves the archive holds the same bytes); use one of {sorted(_HASHERS)}"
+                f"proves the archive holds the same bytes); use one of {sorted(HASHERS)}"
             )
         if not source_prefix and not allow_whole_bucket:
             raise LifecycleConfigError(
@@ -214,7 +193,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         if self.batch_operations is not None:
             if self.inventory is None:
                 raise LifecycleConfigError(f"{where}: batch_operations needs inventory (the job's keys)")
-            batch_ops.check_settings(self.batch_operations, where)
+            check_settings(self.batch_operations, where)
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise LifecycleConfigError(
                 f"{where}: max_workers must be a positive integer, got {max_workers!r}"
@@ -390,7 +369,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
                 "%d due object(s), within the Batch Operations threshold %d: copying", len(due), threshold
             )
             return None
-        plan = batch_ops.plan_for(self, client, due, cutoff)
+        plan = plan_for(self, client, due, cutoff)
         return {
             "objects": 0,
             "bytes": 0,
@@ -511,8 +490,8 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             if waiting is not None:
                 return waiting
         copy_source: dict[str, str] = {"Bucket": self.source_bucket, "Key": key}
-        part_bytes = self._part_bytes(size) if size > MAX_COPY_OBJECT_BYTES else None
-        expected = self._expected_checksum(source, copy_source, part_bytes)
+        part_bytes = part_bytes_for(size) if size > MAX_COPY_OBJECT_BYTES else None
+        expected = expected_checksum(self._client, source, copy_source, part_bytes, self.checksum_algorithm)
         dest_key = self._dest_key(key)
         outcome = _Outcome(
             key,
@@ -586,7 +565,7 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
             if self._head(self.dest_bucket, dest_key) is not None:
                 return self._conflict(outcome.key, dest_key, "it was written while this copy ran")
             return _Outcome(outcome.key, "skipped", reason="rewritten since it was checked")
-        if answered and _same_checksum(expected, answered):
+        if answered and same_checksum(expected, answered):
             # S3 computed this from the bytes it wrote; size and class come from the listing.
             outcome.check_listing = True
             return outcome
@@ -679,51 +658,9 @@ class S3GlacierCopyThenDeleteOperator(BaseOperator):
         if actual_size != size:
             return f"size {actual_size} != {size}"
         actual = head.get(f"Checksum{self.checksum_algorithm}")
-        if not _same_checksum(expected, actual):
+        if not same_checksum(expected, actual):
             return f"{self.checksum_algorithm} {actual} != {expected}"
         actual_class = head.get("StorageClass") or "STANDARD"
         if actual_class != self.storage_class:
             return f"storage class {actual_class} != {self.storage_class}"
         return None
-
-    @staticmethod
-    def _part_bytes(size: int) -> int:
-        """The part size a multipart copy of ``size`` bytes uses (the transfer manager's own adjustment)."""
-        from s3transfer.utils import ChunksizeAdjuster
-
-        return ChunksizeAdjuster().adjust_chunksize(MULTIPART_COPY_PART_BYTES, size)
-
-    def _expected_checksum(
-        self, source: Mapping[str, Any], copy_source: Mapping[str, str], part_bytes: int | None
-    ) -> str:
-        """The checksum a faithful copy has: stored on the source, else computed from its bytes."""
-        stored = source.get(f"Checksum{self.checksum_algorithm}")
-        composite = source.get("ChecksumType") == "COMPOSITE" or (stored and "-" in stored)
-        if part_bytes is None and stored and not composite:
-            return stored
-        body = self._client.get_object(
-            Bucket=copy_source["Bucket"], Key=copy_source["Key"], IfMatch=source["ETag"]
-        )["Body"]
-        new_hash = _HASHERS[self.checksum_algorithm]
-        whole = new_hash()
-        part_digests: list[bytes] = []
-        part = new_hash()
-        part_left = part_bytes or 0
-        for chunk in body.iter_chunks(STREAM_CHUNK_BYTES):
-            whole.update(chunk)
-            rest = chunk
-            while part_bytes and rest:
-                piece, rest = rest[:part_left], rest[part_left:]
-                part.update(piece)
-                part_left -= len(piece)
-                if part_left == 0:
-                    part_digests.append(part.digest())
-                    part, part_left = new_hash(), part_bytes
-        if part_bytes is None:
-            return _b64(whole.digest())
-        if part_left != part_bytes:
-            part_digests.append(part.digest())
-        combined = new_hash()
-        for digest in part_digests:
-            combined.update(digest)
-        return f"{_b64(combined.digest())}-{len(part_digests)}"
