@@ -2,7 +2,11 @@
 
 Each child process times ``import airflow.sdk`` and then the import of one DAG file (what the DAG
 processor does for a file); the file's own cost is the second part, the time beyond the baseline.
-Medians over a few fresh processes each. DESIGN.md asks for well under a second per file.
+Medians over a few fresh processes each. The target (issue 18) is 50 ms per file.
+
+A minimal DAG file (one ``@task``, a cron timetable) is timed the same way: what Airflow's own
+lazily loaded DAG, task-decorator and timetable modules cost any first DAG file of a process, so
+the rest of a file's time is ours.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks.common import Scale
@@ -19,7 +24,20 @@ from benchmarks.report import Result, Row
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DAGS_DIR = PROJECT_ROOT / "dags"
-TARGET_SECONDS = 1.0
+TARGET_SECONDS = 0.05
+MINIMAL_DAG = """
+from datetime import datetime, UTC
+from airflow.sdk import CronTriggerTimetable, dag, task
+
+@dag(schedule=CronTriggerTimetable("0 1 * * *", timezone="UTC"), start_date=datetime(2026, 1, 1, tzinfo=UTC))
+def minimal():
+    @task
+    def work():
+        return 1
+    work()
+
+minimal()
+"""
 
 _CHILD = """
 import importlib.util, json, sys, time
@@ -60,6 +78,10 @@ def run(scale: Scale, template: str) -> Result:
     else:
         _parse(None)  # warm the bytecode caches once
     baseline = _median(None, repeats)["sdk"]
+    with tempfile.TemporaryDirectory() as folder:
+        minimal_path = Path(folder) / "minimal_dag.py"
+        minimal_path.write_text(MINIMAL_DAG, encoding="utf-8")
+        minimal = _median(minimal_path, repeats)["file"]
     files = {p.name: _median(p, repeats) for p in paths}
     for name, timing in files.items():
         assert timing["dags"] >= 1, f"{name} defines no DAG"
@@ -70,6 +92,7 @@ def run(scale: Scale, template: str) -> Result:
         settings={"repeats": repeats},
         figures={
             "sdk_import_seconds": baseline,
+            "minimal_dag_file_seconds": minimal,
             "slowest_file_seconds": slowest,
             **{f"{name}_seconds": t["file"] for name, t in files.items()},
         },
@@ -81,10 +104,11 @@ def run(scale: Scale, template: str) -> Result:
                 "import airflow.sdk",
                 "s",
                 None,
-                f"< {TARGET_SECONDS:g} s",
-                t["file"] < TARGET_SECONDS,
+                f"≤ {TARGET_SECONDS * 1000:g} ms",
+                t["file"] <= TARGET_SECONDS,
             )
             for name, t in files.items()
-        ],
+        ]
+        + [Row("a minimal DAG file (Airflow's own share)", minimal, baseline, "import airflow.sdk", "s")],
         details={"files": files, "sdk_import_seconds": baseline},
     )

@@ -80,7 +80,7 @@ def test_a_bad_inventory_section_names_the_field(inventory: Any, field: str) -> 
 @pytest.mark.parametrize(
     ("manifest", "problem"),
     [
-        pytest.param({"fileFormat": "Parquet"}, "fileFormat 'Parquet' is not supported", id="parquet"),
+        pytest.param({"fileFormat": "ORC"}, "fileFormat 'ORC' is not supported", id="orc"),
         pytest.param({"sourceBucket": "someone-else"}, "describes bucket 'someone-else'", id="other-bucket"),
         pytest.param(
             {"fileSchema": "Bucket, Key, Size"},

@@ -1,8 +1,8 @@
 """The daily S3 inventory: objects and bytes per bucket, prefix and storage class, with their ages.
 
 At demo scale a bucket is listed. A bucket the policy gives an S3 Inventory report is read from
-the newest CSV manifest instead (``manifest.json`` and its gzip CSV files), so a bucket of 100M
-objects costs a few GETs, not 100,000 LIST calls. Ages are counted at the run's anchor, never the
+the newest manifest instead (``manifest.json`` and its gzip CSV or Parquet files), so a bucket of
+100M objects costs a few GETs, not 100,000 LIST calls. Ages are counted at the run's anchor, never the
 wall clock, so a rerun of a day records the same figures; it replaces that day's rows.
 """
 
@@ -15,9 +15,9 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 from data_lifecycle.exceptions import LifecycleConfigError
 from data_lifecycle.policy import InventoryReport
@@ -35,6 +35,19 @@ AGE_BANDS: tuple[tuple[int, str], ...] = (
 )
 # Columns S3 Inventory always writes in its CSV files, whatever the optional fields.
 REQUIRED_FIELDS = ("Bucket", "Key", "Size", "LastModifiedDate", "StorageClass")
+# Parquet reports name the same fields in snake case (and do not URL-encode the keys).
+PARQUET_FIELDS = {
+    "bucket": "Bucket",
+    "key": "Key",
+    "version_id": "VersionId",
+    "is_latest": "IsLatest",
+    "is_delete_marker": "IsDeleteMarker",
+    "size": "Size",
+    "last_modified_date": "LastModifiedDate",
+    "e_tag": "ETag",
+    "storage_class": "StorageClass",
+}
+FORMATS = ("CSV", "Parquet")
 
 
 def age_band(age_days: int) -> str:
@@ -108,21 +121,28 @@ def report_rows(client: Any, report: InventoryReport, manifest_key: str) -> Iter
     body = client.get_object(Bucket=report.manifest_bucket, Key=manifest_key)["Body"].read()
     manifest = json.loads(body)
     where = f"s3://{report.manifest_bucket}/{manifest_key}"
-    if manifest.get("fileFormat") != "CSV":
+    file_format = manifest.get("fileFormat")
+    if file_format not in FORMATS:
         raise LifecycleConfigError(
-            f"{where}: fileFormat {manifest.get('fileFormat')!r} is not supported; use CSV"
+            f"{where}: fileFormat {file_format!r} is not supported; use {' or '.join(FORMATS)}"
         )
     if manifest.get("sourceBucket") != report.bucket:
         raise LifecycleConfigError(
             f"{where}: describes bucket {manifest.get('sourceBucket')!r}, the policy expects {report.bucket!r}"
         )
+    dest_bucket = (
+        str(manifest.get("destinationBucket", "")).removeprefix("arn:aws:s3:::") or report.manifest_bucket
+    )
+    if file_format == "Parquet":
+        for entry in manifest.get("files", []):
+            yield from _parquet_rows(
+                client.get_object(Bucket=dest_bucket, Key=entry["key"])["Body"].read(), where
+            )
+        return
     fields = [name.strip() for name in str(manifest.get("fileSchema", "")).split(",")]
     missing = [f for f in REQUIRED_FIELDS if f not in fields]
     if missing:
         raise LifecycleConfigError(f"{where}: fileSchema lacks {', '.join(missing)}")
-    dest_bucket = (
-        str(manifest.get("destinationBucket", "")).removeprefix("arn:aws:s3:::") or report.manifest_bucket
-    )
     for entry in manifest.get("files", []):
         stream = client.get_object(Bucket=dest_bucket, Key=entry["key"])["Body"]
         with (
@@ -131,6 +151,33 @@ def report_rows(client: Any, report: InventoryReport, manifest_key: str) -> Iter
         ):
             for row in csv.reader(text):
                 yield dict(zip(fields, row, strict=False))
+
+
+def _parquet_rows(data: bytes, where: str) -> Iterator[dict[str, str]]:
+    """A Parquet file's rows as the CSV reader gives them (strings, URL-encoded keys)."""
+    import pyarrow.parquet as pq
+
+    parquet = pq.ParquetFile(io.BytesIO(data))
+    names = {PARQUET_FIELDS.get(name, name) for name in parquet.schema_arrow.names}
+    missing = [f for f in REQUIRED_FIELDS if f not in names]
+    if missing:
+        raise LifecycleConfigError(f"{where}: Parquet schema lacks {', '.join(missing)}")
+    for batch in parquet.iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            yield {PARQUET_FIELDS.get(name, name): _as_text(name, value) for name, value in row.items()}
+
+
+def _as_text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if name == "key":
+        return quote_plus(str(value), safe="/")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):  # S3 writes UTC timestamps; pyarrow may return them naive
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.isoformat().replace("+00:00", "Z")
+    return str(value)
 
 
 def tally_report(client: Any, report: InventoryReport, as_of: datetime, depth: int) -> Tally:

@@ -10,7 +10,7 @@ the lifecycle rules change, which is storage, transitions and minimum charges.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from types import MappingProxyType
 
@@ -64,12 +64,23 @@ class RegionPrices:
     :param as_of: the date the figures were read from the pricing page.
     :param storage_per_gb_month: USD per GB-month, per storage class.
     :param transition_per_1000: USD per 1,000 lifecycle transition requests, per target class.
+    :param write_per_1000: USD per 1,000 PUT, COPY, POST or LIST requests, by the class written
+        (a COPY is billed at the destination's class; LIST at STANDARD's).
+    :param read_per_1000: USD per 1,000 GET or HEAD requests of STANDARD objects (DELETE is free).
+    :param batch_operations_per_job: USD per S3 Batch Operations job.
+    :param batch_operations_per_million: USD per million objects a Batch Operations job processes.
+    :param inventory_per_million: USD per million objects listed in an S3 Inventory report.
     """
 
     region: str
     as_of: date
     storage_per_gb_month: Mapping[str, float]
     transition_per_1000: Mapping[str, float]
+    write_per_1000: Mapping[str, float] = field(default_factory=dict)
+    read_per_1000: float = 0.0
+    batch_operations_per_job: float = 0.0
+    batch_operations_per_million: float = 0.0
+    inventory_per_million: float = 0.0
 
     def storage(self, storage_class: str | None) -> float:
         """USD per GB-month of a class; S3 reports STANDARD objects with no class at all."""
@@ -113,6 +124,19 @@ PRICES: Mapping[str, RegionPrices] = MappingProxyType(
                     "DEEP_ARCHIVE": 0.05,
                 }
             ),
+            write_per_1000=MappingProxyType(
+                {
+                    "STANDARD": 0.005,
+                    "STANDARD_IA": 0.01,
+                    "GLACIER_IR": 0.02,
+                    "GLACIER": 0.03,
+                    "DEEP_ARCHIVE": 0.05,
+                }
+            ),
+            read_per_1000=0.0004,
+            batch_operations_per_job=0.25,
+            batch_operations_per_million=1.00,
+            inventory_per_million=0.0025,
         ),
     }
 )

@@ -56,6 +56,42 @@ def write_inventory(client: Any, source: str, reports: str, *, rows_per_file: in
     return f"{folder}/manifest.json"
 
 
+def write_parquet_inventory(client: Any, source: str, reports: str) -> str:
+    """The same report as ``write_inventory``, in Parquet (snake-case columns, keys not encoded)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listed = [
+        o
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=source)
+        for o in page["Contents"]
+    ]
+    table = pa.table(
+        {
+            "bucket": [source] * len(listed),
+            "key": [o["Key"] for o in listed],
+            "size": pa.array([o["Size"] for o in listed], pa.int64()),
+            "last_modified_date": pa.array([o["LastModified"] for o in listed], pa.timestamp("ms", tz="UTC")),
+            "e_tag": [o["ETag"].strip('"') for o in listed],
+            "storage_class": [o.get("StorageClass", "STANDARD") for o in listed],
+        }
+    )
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    data_key = f"{source}/daily/data/part-0.parquet"
+    client.put_object(Bucket=reports, Key=data_key, Body=out.getvalue())
+    manifest = {
+        "sourceBucket": source,
+        "destinationBucket": f"arn:aws:s3:::{reports}",
+        "fileFormat": "Parquet",
+        "fileSchema": "message s3.inventory { required binary bucket (UTF8); ... }",
+        "files": [{"key": data_key, "size": len(out.getvalue()), "MD5checksum": ""}],
+    }
+    key = f"{source}/daily/2026-03-01T01-00Z/manifest.json"
+    client.put_object(Bucket=reports, Key=key, Body=json.dumps(manifest).encode())
+    return key
+
+
 class TestInventoryDrivenCopyThenDelete:
     def test_keys_come_from_the_report_and_changed_or_gone_ones_are_kept(
         self, s3_client: Any, make_bucket: Any
@@ -93,6 +129,21 @@ class TestInventoryDrivenCopyThenDelete:
         ).execute(everything_old())
         assert again["objects"] == 0 and again["failed"] == 0
         assert all_keys(s3_client, source) == sorted([same_size, grown, "logs/not-in-report.log"])
+
+    def test_a_parquet_report_is_read_the_same_way(self, s3_client: Any, make_bucket: Any) -> None:
+        source, dest, reports = make_bucket("src"), make_bucket("arch"), make_bucket("inv")
+        keys = [f"logs/{i:02d} a+b.log" for i in range(30)]
+        put_many(s3_client, source, keys, body=body_of, ChecksumAlgorithm="SHA256")
+        write_parquet_inventory(s3_client, source, reports)
+        s3_client.put_object(Bucket=source, Key=keys[5], Body=body_of(keys[5])[::-1])  # changed since
+        s3_client.delete_object(Bucket=source, Key=keys[6])  # gone since
+        op = archive_op(source, dest, inventory={"manifest_bucket": reports, "manifest_prefix": f"{source}/"})
+
+        summary = op.execute(everything_old())
+
+        assert (summary["objects"], summary["skipped"], summary["failed"]) == (28, 2, 0)
+        assert all_keys(s3_client, source) == [keys[5]]
+        assert sorted(all_keys(s3_client, dest)) == sorted("archive/" + k for k in keys if k not in keys[5:7])
 
     def test_a_report_of_another_bucket_is_refused_before_anything_is_copied(
         self, s3_client: Any, make_bucket: Any
