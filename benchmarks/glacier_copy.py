@@ -25,6 +25,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
@@ -53,6 +54,18 @@ RTT_MS = (10, 20)
 # Fewer objects with the round trip: the naive loop alone would otherwise take minutes.
 RTT_OBJECTS = 1_000
 DELAYED_CONN_ID = "lifecycle_aws_delayed"
+# The local stack's S3 server process (its CPU time per request is the ceiling of any client here).
+SERVER_PIDFILE = Path(__file__).resolve().parents[1] / ".local" / "run" / "moto.pid"
+
+
+def _server_cpu_seconds() -> float | None:
+    """CPU seconds the local S3 server has used (None when the endpoint is not the local stack's)."""
+    try:
+        pid = int(SERVER_PIDFILE.read_text())
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -134,7 +147,9 @@ def _compare(count: int, rtt_ms: int) -> dict[str, Any]:
         _upload(client, buckets["ours-src"], count)
         with _delayed_connection(rtt_ms) as conn_id:
             naive, naive_s = timed(_naive, buckets["naive-src"], buckets["naive-dst"], conn_id)
+            cpu_before = _server_cpu_seconds()
             (ours, summary), ours_s = timed(_ours, buckets["ours-src"], buckets["ours-dst"], conn_id)
+            cpu_after = _server_cpu_seconds()
         assert summary["objects"] == count and summary["failed"] == 0, summary
         for method in ("naive", "ours"):
             left, copied = _count(client, buckets[f"{method}-src"]), _count(client, buckets[f"{method}-dst"])
@@ -142,9 +157,11 @@ def _compare(count: int, rtt_ms: int) -> dict[str, Any]:
     finally:
         for bucket in buckets.values():
             remove_bucket(client, bucket)
+    server_cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return {
         "count": count,
         "rtt_ms": rtt_ms,
+        "server_cpu_ms_per_request": None if server_cpu is None else 1000 * server_cpu / ours.total,
         "ours_s": ours_s,
         "naive_s": naive_s,
         "speedup": naive_s / ours_s,
@@ -201,11 +218,28 @@ def run(scale: Scale, template: str) -> Result:
             **rtt_figures,
             "ours_requests_per_object": per_object["ours"],
             "ours_per_object_requests": per_object_own,
+            **{
+                f"rtt{rtt}_server_cpu_ms_per_request": r["server_cpu_ms_per_request"]
+                for rtt, r in {0: loopback, **remote}.items()
+                if r["server_cpu_ms_per_request"] is not None
+            },
             "naive_requests_per_object": per_object["naive"],
         },
         rows=[
             _speed_row("objects/s, loopback", loopback),
             *(_speed_row(f"objects/s, {rtt} ms RTT (server side)", r) for rtt, r in remote.items()),
+            *(
+                [
+                    Row(
+                        "S3 server CPU per request (moto, one process): objects/s ceiling",
+                        1000 / (per_object["ours"] * loopback["server_cpu_ms_per_request"]),
+                        None,
+                        f"{loopback['server_cpu_ms_per_request']:.2f} ms CPU per request",
+                    )
+                ]
+                if loopback["server_cpu_ms_per_request"]
+                else []
+            ),
             Row(
                 "requests per object (HEAD + CopyObject)",
                 per_object_own,
