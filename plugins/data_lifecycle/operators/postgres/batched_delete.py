@@ -14,6 +14,7 @@ from data_lifecycle.archive import (
     ArchiveConfig,
     RowTransform,
 )
+from data_lifecycle.config_fields import MAX_LOAD_FACTOR, MAX_REPLICA_LAG_SECONDS
 from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
 from data_lifecycle.exceptions import (
     GuardrailTripped,
@@ -46,8 +47,6 @@ DEFAULT_TARGET_BATCH_SECONDS = 0.5
 DEFAULT_MAX_LOCK_RETRIES = 5
 DEFAULT_MAX_DELETE_FRACTION = 0.5
 DEFAULT_SAMPLE_SIZE = 10
-# The largest load budget: beyond it the pauses would never start.
-MAX_LOAD_FACTOR = 100.0
 # Placeholders in an extra predicate may not use this prefix: the operator's own parameters do.
 RESERVED_PARAM_PREFIX = "lc_"
 _FORBIDDEN_PREDICATE = re.compile(r";|--|/\*")
@@ -343,7 +342,11 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
             raise LifecycleConfigError(
                 f"max_load_p99_factor must be a number in (1, {MAX_LOAD_FACTOR:g}], got {factor!r}"
             )
-        as_seconds(self.max_replica_lag_seconds, field="max_replica_lag_seconds", allow_none=True)
+        lag = as_seconds(self.max_replica_lag_seconds, field="max_replica_lag_seconds", allow_none=True)
+        if lag is not None and lag > MAX_REPLICA_LAG_SECONDS:
+            raise LifecycleConfigError(
+                f"max_replica_lag_seconds must be at most {MAX_REPLICA_LAG_SECONDS:g}, got {lag:g}"
+            )
         if not 0 < self.max_delete_fraction <= 1:
             raise LifecycleConfigError(
                 f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction!r}"
