@@ -198,6 +198,7 @@ class ArchivePipeline:
             count, blocked = self._delete(head, progress)
             took = time.monotonic() - started
             progress.batches += 1
+            progress.batch_seconds += took
             progress.deleted += count
             progress.changed += len(head.keys) - count
             progress.archived_rows += archived.rows

@@ -117,6 +117,7 @@ class Progress:
     files: list[str] = field(default_factory=list)
     children: dict[str, int] = field(default_factory=dict)
     stopped_by: str | None = None
+    batch_seconds: float = 0.0  # inside the batches themselves (no planning, pauses or final count)
 
 
 class BatchRunner:
@@ -292,6 +293,7 @@ class BatchRunner:
                 return remaining
             count, child_counts, key_range, blocked = result
             progress.batches += 1
+            progress.batch_seconds += took
             progress.deleted += count
             last_key = key_range[1]
             for name, n in child_counts.items():
@@ -364,6 +366,7 @@ class BatchRunner:
             "archive_objects_replaced": progress.replaced,
             "dry_run": False,
             "stopped_by": stopped_by,
+            "batch_seconds": round(progress.batch_seconds, 3),
         }
         if plan.archive is not None:
             summary["archived_rows_changed"] = progress.changed
