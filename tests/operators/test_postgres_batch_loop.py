@@ -17,6 +17,7 @@ from data_lifecycle.operators.postgres import PostgresBatchedDeleteOperator
 from data_lifecycle.operators.postgres.load_guard import (
     MAX_PAUSE_RATIO,
     MAX_PAUSE_SECONDS,
+    MIN_BATCH_SCALE,
     LoadGovernor,
 )
 from tests.operators.test_postgres import CUTOFF, RETENTION_DAYS, add_logs, interval_context
@@ -154,9 +155,11 @@ class TestLoadAwarePauses:
         pauses = [governor.pause_after(0.1, 1000, 0) for _ in range(6)]  # 10x slower per row
         assert pauses[0] == pytest.approx(0.1 * 2.0)  # starts at 1 / (1.5 - 1) of the batch
         assert pauses == sorted(pauses) and pauses[-1] == pytest.approx(0.1 * MAX_PAUSE_RATIO)
+        assert governor.batch_scale == MIN_BATCH_SCALE  # over budget the batches get shorter too
         assert governor.pause_after(10.0, 1_000_000, 0) == MAX_PAUSE_SECONDS  # never beyond 5 s
         within = [governor.pause_after(0.01, 1000, 0) for _ in range(12)]
         assert within == sorted(within, reverse=True) and within[-1] == 0.0
+        assert governor.batch_scale == 1.0
         # A session that waited for our locks counts as over budget, however fast the batch.
         assert governor.pause_after(0.01, 1000, 1) > 0
         assert governor.summary()["sessions_blocked"] == 1

@@ -298,7 +298,8 @@ class BatchRunner:
             last_key = key_range[1]
             for name, n in child_counts.items():
                 progress.children[name] += n
-            factor = min(MAX_BATCH_GROWTH, max(MIN_BATCH_SHRINK, op.target_batch_seconds / max(took, 1e-3)))
+            target = op.target_batch_seconds * (self.governor.batch_scale if self.governor else 1.0)
+            factor = min(MAX_BATCH_GROWTH, max(MIN_BATCH_SHRINK, target / max(took, 1e-3)))
             if striding:
                 span = key_range[1][0] - key_range[0][0]
                 if count < span * STRIDE_MIN_DENSITY / 2:

@@ -12,7 +12,9 @@ After each batch :class:`LoadGovernor` looks at three signals, all from the serv
 The pause is a share of the batch's own time (a duty cycle, as in GitLab's batched background
 migrations): it doubles (from ``1 / (max_load_p99_factor - 1)`` of the batch) while our slowdown is
 over ``max_load_p99_factor`` or a session waited for us, and decays by a third after each batch
-within budget, never more than ``MAX_PAUSE_RATIO`` times the batch nor ``MAX_PAUSE_SECONDS``.
+within budget, never more than ``MAX_PAUSE_RATIO`` times the batch nor ``MAX_PAUSE_SECONDS``. Over
+budget the batches also get shorter (``target_batch_seconds`` halved per batch, down to
+``MIN_BATCH_SCALE`` of it), so a session that meets one waits less; within budget they grow back.
 While a replica lags more than ``max_replica_lag_seconds`` the loop waits (polling), like
 pt-archiver's ``--max-lag``, at most ``MAX_LAG_WAIT_SECONDS`` per batch; the run then stops cleanly
 (``stopped_by``) for the next run to resume.
@@ -32,6 +34,9 @@ PAUSE_DECAY = 2 / 3
 # Polling interval and the longest wait for a lagging replica before the run stops.
 LAG_POLL_SECONDS = 0.5
 MAX_LAG_WAIT_SECONDS = 300.0
+# Over budget, the batch's target time shrinks by half per batch, down to this share; within
+# budget it grows back. Shorter batches keep a waiting session's wait and our CPU bursts short.
+MIN_BATCH_SCALE = 1 / 16
 # Batches shorter than this are too noisy to be a baseline (timer and round-trip dominated).
 MIN_BASELINE_SECONDS = 0.002
 
@@ -52,6 +57,7 @@ class LoadGovernor:
     max_load_factor: float | None
     max_replica_lag: float | None
     ratio: float = 0.0
+    batch_scale: float = 1.0  # applied to target_batch_seconds by the loop
     best_per_row: float | None = None
     paused_seconds: float = 0.0
     lag_wait_seconds: float = 0.0
@@ -99,7 +105,9 @@ class LoadGovernor:
         if blocked or slowdown > self.max_load_factor:
             self.over_budget += 1
             self.ratio = min(MAX_PAUSE_RATIO, max(self.start_ratio, self.ratio * 2))
+            self.batch_scale = max(MIN_BATCH_SCALE, self.batch_scale / 2)
         else:
+            self.batch_scale = min(1.0, self.batch_scale * 2)
             self.ratio *= PAUSE_DECAY
             if self.ratio < 0.05:
                 self.ratio = 0.0
