@@ -33,7 +33,7 @@ from typing import Any
 
 from data_lifecycle.archive import ArchivedObject, ArchiveEncoder, S3ArchiveWriter, batch_key, batch_stem
 from data_lifecycle.exceptions import LockTimeoutExhausted
-from data_lifecycle.operators.postgres.keyset import after_key, select_batch
+from data_lifecycle.operators.postgres.keyset import MAX_PASSES, after_key, select_batch
 from data_lifecycle.pg_catalog import Column
 
 # Verified-or-uploading objects at most, beyond the one being filled.
@@ -72,8 +72,6 @@ class ArchivePipeline:
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self, progress: Any) -> tuple[int, bool] | None:
-        from data_lifecycle.operators.postgres.batch_runner import MAX_PASSES
-
         self._fence()
         pool = ThreadPoolExecutor(max_workers=PIPELINE_DEPTH, thread_name_prefix="archive-upload")
         try:

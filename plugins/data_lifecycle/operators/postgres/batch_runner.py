@@ -40,7 +40,7 @@ from data_lifecycle.operators.postgres.base import (
     as_seconds,
     set_config,
 )
-from data_lifecycle.operators.postgres.keyset import after_key, key_list, select_batch, stride_key
+from data_lifecycle.operators.postgres.keyset import MAX_PASSES, after_key, key_list, select_batch, stride_key
 from data_lifecycle.operators.postgres.load_guard import LoadGovernor, ReplicaLagging
 from data_lifecycle.pg_catalog import ChildRef, Column, TableRef
 
@@ -54,9 +54,6 @@ MAX_SUMMARY_FILES = 200
 # The due rows left after a run are counted up to this many ("at least N" above it): an exact
 # count of a large backlog on a big table could outlast the statement timeout.
 REMAINING_COUNT_LIMIT = 10_000
-# Passes over the key range: a row can become due behind the keyset cursor while a run is going
-# (a session row extended, then expired again); a second pass from the start picks it up.
-MAX_PASSES = 2
 # Stride batches need at least this many due rows per key value (counted at the start); a stride
 # batch that finds fewer than half of it hands the rest of the pass to keyset batches.
 STRIDE_MIN_DENSITY = 0.25

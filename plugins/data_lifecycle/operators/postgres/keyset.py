@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# Passes over the key range: a row can become due behind the keyset cursor while a run is going
+# (a session row extended, then expired again, or changed after it was archived); a second pass
+# from the start picks it up.
+MAX_PASSES = 2
 # Integer types a key stride can step through (one row per key value at most).
 STRIDE_TYPES = frozenset({"smallint", "integer", "bigint"})
 
