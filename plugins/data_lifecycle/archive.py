@@ -225,6 +225,10 @@ class S3ArchiveWriter:
             )
         return stale
 
+    def remove(self, key: str) -> None:
+        """Delete one object of this bucket (an archive whose deleted rows are now in another)."""
+        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": key}], "Quiet": True})
+
     def verify(self, expected: ArchivedObject) -> None:
         """HEAD the object and compare size, SHA-256 and row count with what was uploaded."""
         head = self.client.head_object(Bucket=expected.bucket, Key=expected.key, ChecksumMode="ENABLED")
@@ -311,6 +315,10 @@ class ArchiveContent:
     table: str | None
     columns: list[tuple[str, str | None]]  # (name, PostgreSQL type) in column order
     rows: list[tuple[Any, ...]]
+
+    def columns_typed(self) -> list[tuple[str, str]]:
+        """The columns as (name, type) for a new encoder (the untyped first format has none)."""
+        return [(name, type_name or "text") for name, type_name in self.columns]
 
     def as_dicts(self) -> list[dict[str, Any]]:
         names = [name for name, _ in self.columns]

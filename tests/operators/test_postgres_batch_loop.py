@@ -22,7 +22,7 @@ from data_lifecycle.operators.postgres.load_guard import (
 )
 from tests.operators.test_postgres import CUTOFF, RETENTION_DAYS, add_logs, interval_context
 from tests.reliability.harness import s3_faults
-from tests.reliability.invariants import table_rows, verified_archive
+from tests.reliability.invariants import assert_deleted_rows_archived, table_rows, verified_archive
 
 
 def scalar(pg: psycopg.Connection[Any], query: str, params: Any = None) -> Any:
@@ -247,16 +247,18 @@ class TestArchivePipelineRace:
         self, pg: psycopg.Connection[Any], pg_database: str, make_bucket: Any, s3_client: Any
     ) -> None:
         add_logs(pg, 80, CUTOFF - timedelta(hours=60), timedelta(hours=1))  # ids 1..60 due
+        before = table_rows(pg, "app.app_logs")
         bucket = make_bucket("race")
         summary = self._run(pg_database, bucket, "UPDATE app.app_logs SET message = 'edited' WHERE id = 5")
         assert summary["deleted"] == 60 and summary["remaining"] == 0
-        assert summary["archived_rows_changed"] == 1 and summary["archived_rows"] == 61
+        assert summary["archived_rows_changed"] == 1 and summary["archived_rows"] == 60
         objects = verified_archive(s3_client, bucket, "")
-        copies = [r["message"] for o in objects for r in o.rows if r["id"] == "5"]
-        # The earlier object holds the row as first read; the later one the edit, which was deleted.
-        assert sorted(copies) == ["edited", "message 5"]
-        archived = {r["id"] for o in objects for r in o.rows}
-        assert archived == {str(i) for i in range(1, 61)}
+        # The first object was rewritten without row 5 (it was not deleted under it); the edit was
+        # archived again by the second pass and deleted under that object.
+        copies = [r for o in objects for r in o.rows if r["id"] == "5"]
+        assert [r["message"] for r in copies] == ["edited"]
+        edited = {k: ({**row, "message": "edited"} if k == 5 else row) for k, row in before.items()}
+        assert_deleted_rows_archived(edited, table_rows(pg, "app.app_logs"), objects, due=set(range(1, 61)))
         assert due_left(pg) == 0
 
     def test_a_row_made_recent_in_between_stays(
@@ -272,4 +274,6 @@ class TestArchivePipelineRace:
         assert due_left(pg) == 0
         keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
         rows = [r for k in keys for r in archive_mod.read_archive_rows(s3_client, bucket, k)]
-        assert sorted(int(r["id"]) for r in rows) == list(range(1, 61))  # row 7 once, as first read
+        # Row 7 stays in the table and in no archive: its object was rewritten without it.
+        assert sorted(int(r["id"]) for r in rows) == [i for i in range(1, 61) if i != 7]
+        assert summary["archived_rows"] == 59

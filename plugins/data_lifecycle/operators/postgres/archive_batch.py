@@ -12,7 +12,9 @@ delete only what is unchanged.
    ``PIPELINE_DEPTH`` objects in flight while the main thread reads on.
 4. **Delete**, oldest object first and only once it is verified, in one short transaction: the rows
    whose key *and* ``xmin`` are still those archived. A row updated since has a new ``xmin``; it
-   stays in the table (not counted as deleted) and a later batch or pass archives it again.
+   stays in the table (not counted as deleted) and a later batch or pass archives it again. The
+   object is then rewritten with exactly the deleted rows (a new key, verified, before the old
+   object goes), so no archive holds a row that is still in the table.
 
 Every deleted row is therefore in a verified object. An object's key holds digests of its first row
 (key and ``xmin``) and last key: a rerun that reads the same first row unchanged knows that row's
@@ -31,7 +33,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_lifecycle.archive import ArchivedObject, ArchiveEncoder, S3ArchiveWriter, batch_key, batch_stem
+from data_lifecycle.archive import (
+    ArchivedObject,
+    ArchiveEncoder,
+    S3ArchiveWriter,
+    batch_key,
+    batch_stem,
+    parse_archive,
+)
 from data_lifecycle.exceptions import LockTimeoutExhausted
 from data_lifecycle.operators.postgres.keyset import MAX_PASSES, after_key, select_batch
 from data_lifecycle.pg_catalog import Column
@@ -191,23 +200,27 @@ class ArchivePipeline:
             if len(self.in_flight) <= until and not head.upload.done():
                 return None
             started = time.monotonic()
-            archived, replaced = head.upload.result()  # VerificationFailed: nothing of it is deleted
+            uploaded, replaced = head.upload.result()  # VerificationFailed: nothing of it is deleted
             self.in_flight.popleft()
-            count, blocked = self._delete(head, progress)
+            deleted, blocked = self._delete(head, progress)
+            count = len(deleted)
+            archived: ArchivedObject | None = uploaded
+            if count < len(head.keys):
+                archived = self._narrow(head, uploaded, deleted)
             took = time.monotonic() - started
             progress.batches += 1
             progress.batch_seconds += took
             progress.deleted += count
             progress.changed += len(head.keys) - count
-            progress.archived_rows += archived.rows
-            progress.files.append(archived.key)
+            if archived is not None:
+                progress.archived_rows += archived.rows
+                progress.files.append(archived.key)
             progress.replaced += len(replaced)
             self.runner.log.info(
-                "Archived %d rows to s3://%s/%s (%d bytes, verified); deleted %d%s%s",
-                archived.rows,
-                archived.bucket,
-                archived.key,
-                archived.size,
+                "Archived %d rows to %s (%d bytes, verified); deleted %d%s%s",
+                archived.rows if archived else 0,
+                f"s3://{archived.bucket}/{archived.key}" if archived else "no object",
+                archived.size if archived else 0,
                 count,
                 f" ({len(head.keys) - count} changed since, left for a later batch)"
                 if count < len(head.keys)
@@ -219,8 +232,11 @@ class ArchivePipeline:
                 return str(reason)
         return None
 
-    def _delete(self, obj: PendingObject, progress: Any) -> tuple[int, int]:
-        """Delete the object's rows still as archived (same key and xmin) in one short transaction."""
+    def _delete(self, obj: PendingObject, progress: Any) -> tuple[set[tuple[str, ...]], int]:
+        """Delete the object's rows still as archived (same key and xmin) in one short transaction.
+
+        Returns the deleted rows' keys (text forms) and the sessions the delete blocked.
+        """
         from psycopg import sql
         from psycopg.errors import DeadlockDetected, LockNotAvailable
 
@@ -233,7 +249,7 @@ class ArchivePipeline:
         )
         statement = sql.SQL(
             "DELETE FROM {t} AS lc_t USING unnest({a}, %(lc_xmins)s::text[]::xid[]) AS lc_a({n}, lc_xmin)"
-            " WHERE ({tk}) = ({ak}) AND lc_t.xmin = lc_a.lc_xmin AND {w}"
+            " WHERE ({tk}) = ({ak}) AND lc_t.xmin = lc_a.lc_xmin AND {w} RETURNING {r}"
         ).format(
             t=plan.table.ident,
             a=arrays,
@@ -241,6 +257,7 @@ class ArchivePipeline:
             tk=sql.SQL(", ").join(sql.SQL("lc_t.{}").format(k.ident) for k in plan.keys),
             ak=sql.SQL(", ").join(sql.SQL("lc_a.{}").format(n) for n in names),
             w=plan.where,
+            r=sql.SQL(", ").join(sql.SQL("lc_t.{}::text").format(k.ident) for k in plan.keys),
         )
         params = dict(plan.params)
         for i, column in enumerate(zip(*obj.keys, strict=True)):
@@ -251,12 +268,42 @@ class ArchivePipeline:
             try:
                 with self.conn.transaction():
                     self.runner.transaction_settings()
-                    count = self.conn.execute(statement, params).rowcount
+                    deleted = {tuple(row) for row in self.conn.execute(statement, params).fetchall()}
                     blocked = self.runner._blocked_sessions()
-                return count, blocked
+                return deleted, blocked
             except (LockNotAvailable, DeadlockDetected) as exc:
                 failures += 1
                 self.runner.lock_failed(exc, failures, progress)
+
+    def _narrow(
+        self, obj: PendingObject, archived: ArchivedObject, deleted: set[tuple[str, ...]]
+    ) -> ArchivedObject | None:
+        """After a delete that left changed rows: an object of exactly the deleted rows replaces it.
+
+        The new object is written and verified under its own key before the old one is removed, so
+        every deleted row is in a verified object throughout; the rows left are archived again by
+        a later batch (or stay, if no longer due). A crash in between leaves the old object too.
+        """
+        content = parse_archive(obj.encoder.finish())  # rows as archived (already transformed)
+        kept = [i for i, key in enumerate(obj.keys) if key in deleted]
+        narrowed: ArchivedObject | None = None
+        if kept:
+            encoder = ArchiveEncoder(content.table or self.plan.table.qualified, content.columns_typed())
+            for i in kept:
+                encoder.add(content.rows[i])
+            first, last = kept[0], kept[-1]
+            plan, config = self.plan, self.plan.archive
+            key = batch_key(
+                config.prefix,
+                schema=plan.table.schema,
+                table=plan.table.name,
+                cutoff=plan.cutoff,
+                first=(*obj.keys[first], f"xmin={obj.xmins[first]}"),
+                last=(*obj.keys[last], f"deleted={len(kept)}"),  # never an object's own last key
+            )
+            narrowed = self.writer.write(key, encoder)
+        self.writer.remove(archived.key)
+        return narrowed
 
     # -- one run per archive location -------------------------------------------------------------
 
