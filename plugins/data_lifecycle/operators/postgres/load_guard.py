@@ -2,8 +2,10 @@
 
 After each batch :class:`LoadGovernor` looks at three signals, all from the server:
 
-* **our slowdown**: the batch's time per row against the fastest batch of the run (the baseline).
-  A server busy with other work makes our batches slower; it makes theirs slower too.
+* **our slowdown**: the batch's time per row against the fastest batch of the run of about the
+  same size (the baseline; sizes grouped by powers of two, since a small batch pays its round
+  trip and commit over fewer rows). A server busy with other work makes our batches slower; it
+  makes theirs slower too.
 * **sessions we block**: other sessions waiting for a lock the batch holds, counted inside the
   batch's transaction just before it commits (``pg_blocking_pids``). Each of them waited for us.
 * **replica lag**: the largest ``replay_lag`` in ``pg_stat_replication`` (only where a replica is
@@ -58,7 +60,7 @@ class LoadGovernor:
     max_replica_lag: float | None
     ratio: float = 0.0
     batch_scale: float = 1.0  # applied to target_batch_seconds by the loop
-    best_per_row: float | None = None
+    best_per_row: dict[int, float] = field(default_factory=dict)  # by rows.bit_length()
     paused_seconds: float = 0.0
     lag_wait_seconds: float = 0.0
     pauses: int = 0
@@ -98,10 +100,11 @@ class LoadGovernor:
         self.blocked_total += blocked
         slowdown = 1.0
         if rows > 0 and took >= MIN_BASELINE_SECONDS:
-            per_row = took / rows
-            if self.best_per_row is None or per_row < self.best_per_row:
-                self.best_per_row = per_row
-            slowdown = per_row / self.best_per_row
+            per_row, size = took / rows, rows.bit_length()
+            best = self.best_per_row.setdefault(size, per_row)
+            if per_row < best:
+                self.best_per_row[size] = best = per_row
+            slowdown = per_row / best
         if blocked or slowdown > self.max_load_factor:
             self.over_budget += 1
             self.ratio = min(MAX_PAUSE_RATIO, max(self.start_ratio, self.ratio * 2))
