@@ -131,6 +131,27 @@ class TestStrideOrKeyset:
         assert scalar(pg, "SELECT count(*) FROM app.tenant_events WHERE at < %s", (CUTOFF,)) == 0
         assert scalar(pg, "SELECT min(seq) FROM app.tenant_events") == 30
 
+    def test_a_key_at_its_type_s_smallest_value_goes_by_keyset(
+        self, pg: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        # A stride starts just below the smallest due key: not possible below -32768.
+        pg.execute("CREATE TABLE app.small_keys (id smallint PRIMARY KEY, at timestamptz NOT NULL)")
+        pg.execute(
+            "INSERT INTO app.small_keys SELECT g, %s FROM generate_series(-32768, -32700) g", (CUTOFF,)
+        )
+        pg.execute("UPDATE app.small_keys SET at = at - interval '1 day' WHERE id < -32710")
+        summary = PostgresBatchedDeleteOperator(
+            task_id="small",
+            table="app.small_keys",
+            timestamp_column="at",
+            retention_days=RETENTION_DAYS,
+            batch_size=10,
+            min_batch_size=5,
+            max_delete_fraction=1.0,
+        ).execute(interval_context())
+        assert "stride batches" not in capsys.readouterr().out
+        assert summary["deleted"] == 58 and summary["remaining"] == 0
+
     def test_max_rows_holds_in_stride_batches(self, pg: psycopg.Connection[Any]) -> None:
         add_logs(pg, 300, CUTOFF - timedelta(hours=200), timedelta(hours=1))
         summary = logs_op(max_rows=57).execute(interval_context())

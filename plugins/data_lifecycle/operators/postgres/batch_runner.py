@@ -40,7 +40,14 @@ from data_lifecycle.operators.postgres.base import (
     as_seconds,
     set_config,
 )
-from data_lifecycle.operators.postgres.keyset import MAX_PASSES, after_key, key_list, select_batch, stride_key
+from data_lifecycle.operators.postgres.keyset import (
+    MAX_PASSES,
+    STRIDE_TYPES,
+    after_key,
+    key_list,
+    select_batch,
+    stride_key,
+)
 from data_lifecycle.operators.postgres.load_guard import LoadGovernor, ReplicaLagging
 from data_lifecycle.pg_catalog import ChildRef, Column, TableRef
 
@@ -235,7 +242,13 @@ class BatchRunner:
         stride_end: int | None = None
         stride = 0
         last_key: tuple[Any, ...] | None = None
-        if self.key_bounds is not None and not plan.children and stride_key(plan) is not None:
+        stride_column = stride_key(plan)
+        if (
+            self.key_bounds is not None
+            and not plan.children
+            and stride_column is not None
+            and self.key_bounds[0] > STRIDE_TYPES[stride_column.regtype]
+        ):
             low, high = self.key_bounds
             density = self.due / max(high - low + 1, 1)
             if density >= STRIDE_MIN_DENSITY:

@@ -12,8 +12,9 @@ from typing import Any
 # (a session row extended, then expired again, or changed after it was archived); a second pass
 # from the start picks it up.
 MAX_PASSES = 2
-# Integer types a key stride can step through (one row per key value at most).
-STRIDE_TYPES = frozenset({"smallint", "integer", "bigint"})
+# Integer types a key stride can step through (one row per key value at most), with their
+# smallest value: a stride starts just below the smallest due key, so not at that value.
+STRIDE_TYPES = {"smallint": -(2**15), "integer": -(2**31), "bigint": -(2**63)}
 
 
 def after_key(
