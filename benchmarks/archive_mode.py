@@ -1,14 +1,16 @@
 """The cost of the archive guarantee: batched delete of app logs with archive-to-S3 on vs off.
 
 Same rows (the logs older than 19 of their 21 days), same batch settings, each on a fresh copy. In
-archive mode every batch is written to S3 as gzip JSON lines and verified (size, SHA-256, row count)
-before its rows are deleted, and the batch size stays fixed so reruns rewrite the same objects.
+archive mode the rows are read without locks, written to S3 as gzip JSON lines of at least 128 KiB
+and verified (size, SHA-256, row count) on worker threads while the next rows are read, and then
+deleted where unchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.batched_delete import _uptime
 from benchmarks.common import (
     ANCHOR,
     AWS_CONN_ID,
@@ -21,10 +23,11 @@ from benchmarks.common import (
     s3_client,
     timed,
 )
-from benchmarks.report import Result, Row
+from benchmarks.report import TIMES, Result, Row
 
 RETENTION_DAYS = 19
 KNOBS: dict[str, Any] = {"batch_size": 10_000, "max_batch_size": 20_000, "target_batch_seconds": 0.5}
+TARGET_RATIO = 0.5
 
 
 def _run(template: str, archive: dict[str, str] | None) -> dict[str, Any]:
@@ -65,6 +68,17 @@ def run(scale: Scale, template: str) -> Result:
         title=f"Archive to S3 on vs off ({on['rows']:,} log rows)",
         settings={**KNOBS, "retention_days": RETENTION_DAYS},
         figures={"on_rows_per_s": on["rows_per_s"], "off_rows_per_s": off["rows_per_s"], "ratio": ratio},
-        rows=[Row("rows/s", on["rows_per_s"], off["rows_per_s"], "archive off", "", ratio)],
-        details={"on": on, "off": off},
+        rows=[
+            Row(
+                "rows/s",
+                on["rows_per_s"],
+                off["rows_per_s"],
+                "archive off",
+                "",
+                ratio,
+                f"≥ {TARGET_RATIO:g}{TIMES}",
+                ratio >= TARGET_RATIO,
+            )
+        ],
+        details={"on": on, "off": off, "load": _uptime()},
     )

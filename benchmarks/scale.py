@@ -93,62 +93,45 @@ def _at(scale: Scale) -> dict[str, Any]:
     }
 
 
+# Each measure: (figure key, row label, unit, target, the figure of one size).
+MEASURES: tuple[tuple[str, str, str, str, Any], ...] = (
+    ("delete_rows_per_s", "delete rows/s", "", f"flat (~1{TIMES})", lambda s: s["delete"]["rows_per_s"]),
+    ("batch_seconds", "mean batch latency", "s", "", lambda s: s["delete"]["batch_seconds"]),
+    (
+        "first_batch_seconds",
+        "planning + first batch",
+        "s",
+        "independent of size",
+        lambda s: s["first_batch"]["seconds"],
+    ),
+    (
+        "partition_drop_seconds",
+        "partition drop ({rows:,} rows)",
+        "s",
+        "independent of rows",
+        lambda s: s["partition_drop"]["seconds"],
+    ),
+)
+
+
+def _row(size: dict[str, Any], base: dict[str, Any], measure: tuple[str, str, str, str, Any]) -> Row:
+    """One size's figure against the smallest size's."""
+    _, label, unit, target, figure = measure
+    name = label.format(rows=size["partition_drop"]["rows"])
+    ours, baseline = figure(size), figure(base)
+    return Row(
+        f"{size['table_rows']:,} rows: {name}", ours, baseline, "smallest size", unit, ours / baseline, target
+    )
+
+
 def result(sizes: list[dict[str, Any]]) -> Result:
     base = sizes[0]
-    rows: list[Row] = []
-    for size in sizes:
-        label = f"{size['table_rows']:,} rows"
-        rows += [
-            Row(
-                f"{label}: delete rows/s",
-                size["delete"]["rows_per_s"],
-                base["delete"]["rows_per_s"],
-                "smallest size",
-                "",
-                size["delete"]["rows_per_s"] / base["delete"]["rows_per_s"],
-                f"flat (~1{TIMES})",
-            ),
-            Row(
-                f"{label}: mean batch latency",
-                size["delete"]["batch_seconds"],
-                base["delete"]["batch_seconds"],
-                "smallest size",
-                "s",
-                size["delete"]["batch_seconds"] / base["delete"]["batch_seconds"],
-            ),
-            Row(
-                f"{label}: planning + first batch",
-                size["first_batch"]["seconds"],
-                base["first_batch"]["seconds"],
-                "smallest size",
-                "s",
-                size["first_batch"]["seconds"] / base["first_batch"]["seconds"],
-                "independent of size",
-            ),
-            Row(
-                f"{label}: partition drop ({size['partition_drop']['rows']:,} rows)",
-                size["partition_drop"]["seconds"],
-                base["partition_drop"]["seconds"],
-                "smallest size",
-                "s",
-                size["partition_drop"]["seconds"] / base["partition_drop"]["seconds"],
-                "independent of rows",
-            ),
-        ]
+    rows = [_row(size, base, measure) for size in sizes for measure in MEASURES]
     return Result(
         name="scale",
         title="How cost grows with size (batched delete, planning, partition drop)",
         settings={"scales": [s["scale"] for s in sizes], **KNOBS},
-        figures={
-            f"{key}_{s['scale']:g}": value
-            for s in sizes
-            for key, value in (
-                ("delete_rows_per_s", s["delete"]["rows_per_s"]),
-                ("batch_seconds", s["delete"]["batch_seconds"]),
-                ("first_batch_seconds", s["first_batch"]["seconds"]),
-                ("partition_drop_seconds", s["partition_drop"]["seconds"]),
-            )
-        },
+        figures={f"{key}_{s['scale']:g}": figure(s) for s in sizes for key, *_, figure in MEASURES},
         rows=rows,
         details={"sizes": sizes},
     )

@@ -85,6 +85,24 @@ BAD = [
         "expired_sessions.0.max_delete_fraction", 1.5, "max_delete_fraction", id="fraction-above-one"
     ),
     pytest.param("expired_sessions.0.batch.min_size", 100000, "min_size", id="min-batch-above-max"),
+    pytest.param(
+        "expired_sessions.0.batch.max_load_p99_factor", 1, "max_load_p99_factor", id="load-factor-one"
+    ),
+    pytest.param(
+        "expired_sessions.0.batch.max_load_p99_factor", 500, "max_load_p99_factor", id="load-factor-huge"
+    ),
+    pytest.param(
+        "expired_sessions.0.batch.max_load_p99_factor", "1.5", "max_load_p99_factor", id="load-factor-text"
+    ),
+    pytest.param(
+        "expired_sessions.0.batch.max_replica_lag_seconds", 0, "max_replica_lag_seconds", id="zero-lag"
+    ),
+    pytest.param(
+        "expired_sessions.0.batch.max_replica_lag_seconds",
+        86400,
+        "max_replica_lag_seconds",
+        id="lag-above-an-hour",
+    ),
     pytest.param("app_logs.0.archive", KeyError, "archive", id="logs-without-archive"),
     pytest.param("app_logs.0.archive.bucket", "Not_A_Bucket", "bucket", id="invalid-bucket-name"),
     pytest.param("s3_expiry.0.prefix", "", "allow_whole_bucket", id="empty-prefix"),
@@ -240,3 +258,15 @@ def test_table_and_partition_rules_carry_zone_interval_and_object_size(shipped: 
     assert batched_delete_kwargs(policy, policy.app_logs[0])["archive"]["min_object_bytes"] == 262_144
     assert partition_premake_kwargs(policy, policy.partitions[0])["interval"] == "daily"
     assert partition_retention_kwargs(policy, policy.partitions[0])["delete_default_rows"] is True
+
+
+def test_load_budget_reaches_the_operator(shipped):
+    from data_lifecycle.dag_common import batched_delete_kwargs
+
+    doc = _mutate(shipped, "expired_sessions.0.batch.max_load_p99_factor", 1.5)
+    doc = _mutate(doc, "expired_sessions.0.batch.max_replica_lag_seconds", 10)
+    policy = parse_policy(doc, "policy.yaml")
+    kwargs = batched_delete_kwargs(policy, policy.expired_sessions[0])
+    assert kwargs["max_load_p99_factor"] == 1.5 and kwargs["max_replica_lag_seconds"] == 10.0
+    plain = parse_policy(shipped, "policy.yaml")
+    assert batched_delete_kwargs(plain, plain.expired_sessions[0])["max_load_p99_factor"] is None

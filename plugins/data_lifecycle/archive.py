@@ -56,6 +56,10 @@ ARCHIVE_SUFFIX = ".rows.gz"
 DEFAULT_MIN_OBJECT_BYTES = 128 * 1024
 # How often (in uncompressed bytes) the encoder measures its compressed size.
 _SIZE_CHECK_BYTES = 16 * 1024
+# gzip's default level: within a few per cent of level 9's size on row text, at a third of its time.
+GZIP_LEVEL = 6
+# One encoder for every line (json.dumps with options builds a new one per call).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,10 @@ class S3ArchiveWriter:
             )
         return stale
 
+    def remove(self, key: str) -> None:
+        """Delete one object of this bucket (an archive whose deleted rows are now in another)."""
+        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": key}], "Quiet": True})
+
     def verify(self, expected: ArchivedObject) -> None:
         """HEAD the object and compare size, SHA-256 and row count with what was uploaded."""
         head = self.client.head_object(Bucket=expected.bucket, Key=expected.key, ChecksumMode="ENABLED")
@@ -244,7 +252,8 @@ class ArchiveEncoder:
 
     ``compressed_size()`` is the exact size the object would have if it ended now, measured every
     16 KiB of input; the batch loop cuts a batch there once it reaches its target size, so the cut
-    depends only on the rows (a rerun over the same rows cuts at the same row).
+    depends only on the rows (a rerun over the same rows cuts at the same row). Lines are compressed
+    16 KiB at a time (gzip level 6), one call per chunk rather than per row.
     """
 
     def __init__(
@@ -253,8 +262,10 @@ class ArchiveEncoder:
         self._names = [n for n, _ in columns]
         self._types = dict(columns)
         self._transform = row_transform
-        self._zlib = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, mtime 0
+        self._zlib = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, mtime 0
         self._parts: list[bytes] = []
+        self._compressed = 0  # bytes in _parts
+        self._pending: list[bytes] = []
         self._since_check = 0
         self._size = 0
         self.rows = 0
@@ -262,9 +273,16 @@ class ArchiveEncoder:
         self._add_line(header)
 
     def _add_line(self, value: Any) -> None:
-        line = (json.dumps(value, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
-        self._parts.append(self._zlib.compress(line))
+        line = (_JSON.encode(value) + "\n").encode("utf-8")
+        self._pending.append(line)
         self._since_check += len(line)
+
+    def _compress_pending(self) -> None:
+        if self._pending:
+            part = self._zlib.compress(b"".join(self._pending))
+            self._pending = []
+            self._parts.append(part)
+            self._compressed += len(part)
 
     def add(self, values: Sequence[str | None]) -> None:
         if self._transform is not None:
@@ -278,11 +296,13 @@ class ArchiveEncoder:
         if self._since_check < _SIZE_CHECK_BYTES:
             return None
         self._since_check = 0
-        self._size = sum(len(p) for p in self._parts) + len(self._zlib.copy().flush())
+        self._compress_pending()
+        self._size = self._compressed + len(self._zlib.copy().flush())
         return self._size
 
     def finish(self) -> bytes:
         if not hasattr(self, "_body"):
+            self._compress_pending()
             self._body = b"".join(self._parts) + self._zlib.flush()
         return self._body
 
@@ -295,6 +315,10 @@ class ArchiveContent:
     table: str | None
     columns: list[tuple[str, str | None]]  # (name, PostgreSQL type) in column order
     rows: list[tuple[Any, ...]]
+
+    def columns_typed(self) -> list[tuple[str, str]]:
+        """The columns as (name, type) for a new encoder (the untyped first format has none)."""
+        return [(name, type_name or "text") for name, type_name in self.columns]
 
     def as_dicts(self) -> list[dict[str, Any]]:
         names = [name for name, _ in self.columns]

@@ -38,6 +38,9 @@ MAX_SECONDS = 86_400
 MAX_MINUTES = 7 * 24 * 60
 MAX_MILLISECONDS = MAX_SECONDS * 1_000
 MAX_BATCH_ROWS = 1_000_000
+# Load-aware pauses: the largest budget factor (beyond it the pauses would never start) and lag.
+MAX_LOAD_FACTOR = 100.0
+MAX_REPLICA_LAG_SECONDS = 3_600.0
 MAX_COUNT = 10**12  # rows, objects, dead tuples
 
 # libyaml's parser where PyYAML has it: composing in Python is most of a DAG file's parse time.

@@ -369,6 +369,8 @@ def batched_delete_kwargs(policy: Policy, rule: Any) -> dict[str, Any]:
         "min_batch_size": rule.batch.min_size,
         "max_batch_size": rule.batch.max_size,
         "sleep_between_batches": rule.batch.sleep_seconds,
+        "max_load_p99_factor": rule.batch.max_load_p99_factor,
+        "max_replica_lag_seconds": rule.batch.max_replica_lag_seconds,
         "lock_timeout": timedelta(milliseconds=rule.batch.lock_timeout_ms),
         "statement_timeout": timedelta(milliseconds=rule.batch.statement_timeout_ms),
         "max_rows": rule.max_rows,

@@ -19,9 +19,11 @@ from data_lifecycle.config_fields import (
     IDENTIFIER,
     MAX_BATCH_ROWS,
     MAX_COUNT,
+    MAX_LOAD_FACTOR,
     MAX_MILLISECONDS,
     MAX_MINUTES,
     MAX_MONTHS,
+    MAX_REPLICA_LAG_SECONDS,
     MAX_SECONDS,
     QUALIFIED_TABLE,
     load_yaml_file,
@@ -69,6 +71,9 @@ class BatchSettings:
     sleep_seconds: float = 0.0
     lock_timeout_ms: int = 2_000
     statement_timeout_ms: int = 60_000
+    # Load-aware pauses (see operators/postgres/load_guard.py); None: off.
+    max_load_p99_factor: float | None = None
+    max_replica_lag_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,10 @@ def _archive(raw: Any, where: str, source: str) -> ArchiveTarget | None:
     return target
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def _batch(raw: Any, where: str, source: str) -> BatchSettings:
     if raw is None:
         return BatchSettings()
@@ -274,6 +283,12 @@ def _batch(raw: Any, where: str, source: str) -> BatchSettings:
         lock_timeout_ms=f.positive_int("lock_timeout_ms", d.lock_timeout_ms, maximum=MAX_MILLISECONDS),
         statement_timeout_ms=f.positive_int(
             "statement_timeout_ms", d.statement_timeout_ms, maximum=MAX_MILLISECONDS
+        ),
+        max_load_p99_factor=_optional_float(
+            f.number("max_load_p99_factor", None, minimum=1.0, maximum=MAX_LOAD_FACTOR)
+        ),
+        max_replica_lag_seconds=_optional_float(
+            f.positive_number("max_replica_lag_seconds", None, maximum=MAX_REPLICA_LAG_SECONDS)
         ),
     )
     if settings.min_size > settings.max_size:

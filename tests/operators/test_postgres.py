@@ -412,6 +412,7 @@ class TestPostgresBatchedDeleteOperator:
             "retention_days": RETENTION_DAYS,
             "batch_size": 20,
             "min_batch_size": 5,
+            "max_batch_size": 20,  # objects of at most 20 rows: 20, 20, 5
             "archive": {"bucket": bucket, "prefix": "app-logs", "aws_conn_id": "lifecycle_aws"},
         }
         summary = PostgresBatchedDeleteOperator(**kwargs).execute(interval_context())
@@ -420,7 +421,7 @@ class TestPostgresBatchedDeleteOperator:
             "app-logs/app.app_logs/cutoff=2027-01-30T050000Z/batch_"
         )
         keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"])
-        assert keys == sorted(summary["archived_files"]) and len(keys) == summary["batches"] == 2
+        assert keys == sorted(summary["archived_files"]) and len(keys) == summary["batches"] == 3
         archived = [row for key in keys for row in archive_mod.read_archive_rows(s3_client, bucket, key)]
         assert sorted(int(r["id"]) for r in archived) == sorted(before)
         for row in archived:
@@ -431,7 +432,7 @@ class TestPostgresBatchedDeleteOperator:
 
         rerun = PostgresBatchedDeleteOperator(**kwargs).execute(manual_context())
         assert rerun["deleted"] == 0 and rerun["archived_files"] == []
-        assert len(s3_client.list_objects_v2(Bucket=bucket)["Contents"]) == 2
+        assert len(s3_client.list_objects_v2(Bucket=bucket)["Contents"]) == 3
 
     def test_archive_failure_after_upload_deletes_nothing_and_rerun_overwrites(
         self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch
@@ -445,6 +446,7 @@ class TestPostgresBatchedDeleteOperator:
             "retention_days": RETENTION_DAYS,
             "batch_size": 20,
             "min_batch_size": 5,
+            "max_batch_size": 20,  # objects of 20 and 10 rows
             "archive": {"bucket": bucket, "prefix": "logs"},
         }
         calls = {"n": 0}

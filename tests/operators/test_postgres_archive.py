@@ -172,11 +172,13 @@ class TestArchiveMode:
 
         monkeypatch.setattr(archive_mod.S3ArchiveWriter, "verify", crash)
         with pytest.raises(VerificationFailed):
-            PostgresBatchedDeleteOperator(**archive_kwargs(bucket, batch_size=12)).execute(interval_context())
+            PostgresBatchedDeleteOperator(**archive_kwargs(bucket, max_batch_size=12)).execute(
+                interval_context()
+            )
         assert len(s3_client.list_objects_v2(Bucket=bucket)["Contents"]) == 1
         monkeypatch.setattr(archive_mod.S3ArchiveWriter, "verify", real_verify)
-        # The retry's first batch is smaller (as after a lock timeout): a different last key.
-        summary = PostgresBatchedDeleteOperator(**archive_kwargs(bucket, batch_size=5)).execute(
+        # The retry cuts its objects smaller (max_batch_size changed in between): a different last key.
+        summary = PostgresBatchedDeleteOperator(**archive_kwargs(bucket, max_batch_size=5)).execute(
             interval_context()
         )
         assert summary["deleted"] == 20 and summary["archive_objects_replaced"] == 1

@@ -14,6 +14,7 @@ from data_lifecycle.archive import (
     ArchiveConfig,
     RowTransform,
 )
+from data_lifecycle.config_fields import MAX_LOAD_FACTOR, MAX_REPLICA_LAG_SECONDS
 from data_lifecycle.cutoff import compute_cutoff, parse_retention_days
 from data_lifecycle.exceptions import (
     GuardrailTripped,
@@ -31,6 +32,7 @@ from data_lifecycle.operators.postgres.base import (
     set_config,
 )
 from data_lifecycle.operators.postgres.batch_runner import BatchRunner, DeletePlan
+from data_lifecycle.operators.postgres.keyset import stride_key
 from data_lifecycle.pg_catalog import ChildRef, Column, TableRef
 from data_lifecycle.rendered import as_bool
 
@@ -118,14 +120,19 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     ``target_batch_seconds``; a lock timeout halves it and retries up to ``max_lock_retries`` times in
     a row, then raises ``LockTimeoutExhausted`` (batches already committed stay deleted).
 
-    In archive mode each batch is written to S3 in the typed, restorable format of
-    :mod:`data_lifecycle.archive` under ``{prefix}/{schema}.{table}/cutoff=.../batch_{sha(first
-    key)}_{sha(last key)}.rows.gz`` and verified (size, SHA-256, row count) while the rows are
-    locked; only then are those keys deleted. Objects are sized by bytes (``archive.min_object_bytes``,
-    128 KiB by default, so S3 lifecycle transitions apply): a batch locks up to ``max_batch_size``
-    rows and cuts the object where it reaches the size; a rerun after a crash cuts at the same row
-    and replaces an earlier upload of the same batch. Archive mode cannot be combined with
-    children: their rows would be deleted without an archive.
+    Without children, a single integer key with densely spread due rows is deleted in key strides
+    (``key > lo AND key <= lo + stride``, no keys read first); other keys delete up to an upper key
+    read first (see :mod:`.batch_runner`).
+
+    In archive mode rows are read without locks and written to S3 in the typed, restorable format
+    of :mod:`data_lifecycle.archive` under ``{prefix}/{schema}.{table}/cutoff=.../batch_{sha(first
+    row)}_{sha(last key)}.rows.gz``, each object verified (size, SHA-256, row count) on a worker
+    thread while the next rows are read; then, in a short transaction, only the rows still
+    identical to what was archived (same ``xmin``) are deleted (see :mod:`.archive_batch`). Objects
+    are sized by bytes (``archive.min_object_bytes``, 128 KiB by default, so S3 lifecycle transitions
+    apply), at most ``max_batch_size`` rows; a rerun after a crash cuts the same objects and replaces
+    an earlier upload of the same batch. Archive mode cannot be combined with children: their rows
+    would be deleted without an archive.
 
     A deadlock is retried like a lock timeout. A run that is not stopped by a budget and still
     finds due rows at the end (after a second pass from the first key) raises ``ResidueLeft``.
@@ -162,6 +169,11 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
     :param max_batch_size: the largest batch.
     :param target_batch_seconds: the batch duration the size adapts toward.
     :param sleep_between_batches: seconds to pause after each batch.
+    :param max_load_p99_factor: pause between batches, adaptively, to keep the cost a batch imposes
+        within this factor (our batch latency against the run's fastest, sessions waiting for our
+        locks); see :mod:`.load_guard`. None: no load-aware pauses.
+    :param max_replica_lag_seconds: wait between batches while a replica (``pg_stat_replication``)
+        replays further behind than this; None: no check.
     :param lock_timeout: per-batch lock timeout (seconds or timedelta).
     :param statement_timeout: per-statement timeout (seconds or timedelta).
     :param max_lock_retries: lock timeouts in a row tolerated before failing.
@@ -199,6 +211,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         target_batch_seconds: float = DEFAULT_TARGET_BATCH_SECONDS,
         sleep_between_batches: float = 0.0,
+        max_load_p99_factor: float | None = None,
+        max_replica_lag_seconds: float | None = None,
         lock_timeout: timedelta | float = DEFAULT_LOCK_TIMEOUT_SECONDS,
         statement_timeout: timedelta | float = DEFAULT_STATEMENT_TIMEOUT_SECONDS,
         max_lock_retries: int = DEFAULT_MAX_LOCK_RETRIES,
@@ -229,6 +243,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         self.max_batch_size = max_batch_size
         self.target_batch_seconds = target_batch_seconds
         self.sleep_between_batches = sleep_between_batches
+        self.max_load_p99_factor = max_load_p99_factor
+        self.max_replica_lag_seconds = max_replica_lag_seconds
         self.lock_timeout = lock_timeout
         self.statement_timeout = statement_timeout
         self.max_lock_retries = max_lock_retries
@@ -250,7 +266,7 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         conn = self._connect()
         try:
             plan = self._plan(conn, cutoff, extra_params)
-            due, total = self._count_due_and_total(conn, plan)
+            due, total, key_bounds = self._count_due_and_total(conn, plan)
             self.log.info(
                 "%s: %d of %s%d rows have %s < %s%s",
                 plan.table.qualified,
@@ -273,7 +289,7 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                     f" max_delete_fraction={self.max_delete_fraction:.0%}; nothing was deleted. Check"
                     " retention_days, or pass allow_large_delete=True if this is intended."
                 )
-            summary = BatchRunner(self, conn, plan, due, started=started).run()
+            summary = BatchRunner(self, conn, plan, due, started=started, key_bounds=key_bounds).run()
             summary["seconds"] = round(time.monotonic() - started, 3)
             if plan.audit is not None:
                 self._write_audit(conn, plan, context, summary)
@@ -317,6 +333,20 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         as_seconds(self.max_runtime, field="max_runtime", allow_none=True)
         if self.sleep_between_batches < 0:
             raise LifecycleConfigError("sleep_between_batches must be >= 0")
+        factor = self.max_load_p99_factor
+        if factor is not None and (
+            isinstance(factor, bool)
+            or not isinstance(factor, int | float)
+            or not 1 < factor <= MAX_LOAD_FACTOR
+        ):
+            raise LifecycleConfigError(
+                f"max_load_p99_factor must be a number in (1, {MAX_LOAD_FACTOR:g}], got {factor!r}"
+            )
+        lag = as_seconds(self.max_replica_lag_seconds, field="max_replica_lag_seconds", allow_none=True)
+        if lag is not None and lag > MAX_REPLICA_LAG_SECONDS:
+            raise LifecycleConfigError(
+                f"max_replica_lag_seconds must be at most {MAX_REPLICA_LAG_SECONDS:g}, got {lag:g}"
+            )
         if not 0 < self.max_delete_fraction <= 1:
             raise LifecycleConfigError(
                 f"max_delete_fraction must be in (0, 1], got {self.max_delete_fraction!r}"
@@ -446,8 +476,9 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
                     found.append(ref)
         return found
 
-    def _count_due_and_total(self, conn: Any, plan: DeletePlan) -> tuple[int, int]:
-        """The due rows, exactly, and the table's rows, exactly wherever the guardrail decides.
+    def _count_due_and_total(self, conn: Any, plan: DeletePlan) -> tuple[int, int, tuple[int, int] | None]:
+        """The due rows, exactly, the table's rows, exactly wherever the guardrail decides, and, for a
+        single integer key, the smallest and largest due key (the range stride batches step through).
 
         The guardrail trips when ``due > fraction * total``, i.e. when the table has fewer than
         ``due / fraction`` rows, so the total is counted over at most ``ceil(due / fraction) + 1``
@@ -456,14 +487,17 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
         """
         from psycopg import sql
 
+        stride = stride_key(plan) if plan.archive is None and not plan.children else None
+        bounds = sql.SQL(", min({k}), max({k})").format(k=stride.ident) if stride is not None else sql.SQL("")
         with conn.transaction():
             set_config(conn, "statement_timeout", as_pg_ms(self.statement_timeout_seconds))
-            due = int(
-                conn.execute(
-                    sql.SQL("SELECT count(*) FROM {} WHERE {}").format(plan.table.ident, plan.where),
-                    plan.params,
-                ).fetchone()[0]
-            )
+            row = conn.execute(
+                sql.SQL("SELECT count(*){b} FROM {t} WHERE {w}").format(
+                    b=bounds, t=plan.table.ident, w=plan.where
+                ),
+                plan.params,
+            ).fetchone()
+            due = int(row[0])
             bound = math.ceil(due / self.max_delete_fraction) + 1
             counted = int(
                 conn.execute(
@@ -475,7 +509,8 @@ class PostgresBatchedDeleteOperator(PostgresLifecycleBaseOperator):
             total = (
                 counted if counted < bound else max(counted, int(pg_catalog.estimated_rows(conn, plan.table)))
             )
-        return due, max(total, due)
+        key_bounds = (int(row[1]), int(row[2])) if stride is not None and due else None
+        return due, max(total, due), key_bounds
 
     def _dry_run_summary(
         self, *, conn: Any, plan: DeletePlan, due: int, total: int, too_large: bool, started: float
