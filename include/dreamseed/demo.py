@@ -99,7 +99,10 @@ def run_dags(anchor: datetime) -> dict[str, str]:
     if "lifecycle_inventory" in bag.dags:
         # The day before: the estate as it was before this cleanup, for the page's storage chart.
         print("--> running lifecycle_inventory the day before, as the baseline", flush=True)
-        test_run(bag.dags["lifecycle_inventory"], logical_date=anchor - timedelta(days=1))
+        baseline = anchor - timedelta(days=1)
+        test_run(
+            bag.dags["lifecycle_inventory"], logical_date=baseline, run_type="scheduled", run_after=baseline
+        )
     for dag_id in order:
         started = time.monotonic()
         print(f"--> running {dag_id} at {anchor.isoformat()}", flush=True)
