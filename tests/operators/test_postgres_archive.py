@@ -3,6 +3,8 @@ rewrites that replace, and a property over generated tables (real PostgreSQL, mo
 
 from __future__ import annotations
 
+import time
+
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,6 +159,35 @@ class TestArchiveMode:
         # reaches 128 KiB.
         assert all(size >= 128 * 1024 for size in ordered[1:-1]), ordered
         assert len(ordered) <= 30_000 * ordered[0] // 1000 // (128 * 1024) + 3
+
+    def test_slow_uploads_do_not_cut_objects_early(
+        self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Uploads in flight fill the read budget; the open object must wait for them, not be cut
+        # small at a row that depends on how long the network took.
+        bucket = make_bucket("archive")
+        add_logs(pg, 30_000, CUTOFF - timedelta(minutes=30_000), timedelta(minutes=1))
+        real_write = archive_mod.S3ArchiveWriter.write
+
+        def slow_write(self: Any, key: str, encoder: Any) -> Any:
+            time.sleep(0.5)
+            return real_write(self, key, encoder)
+
+        monkeypatch.setattr(archive_mod.S3ArchiveWriter, "write", slow_write)
+        summary = PostgresBatchedDeleteOperator(
+            task_id="logs",
+            table="app.app_logs",
+            timestamp_column="created_at",
+            retention_days=RETENTION_DAYS,
+            min_batch_size=100,
+            max_batch_size=20_000,
+            allow_large_delete=True,
+            archive={"bucket": bucket, "prefix": "db-archive"},
+        ).execute(interval_context())
+        assert summary["deleted"] == 30_000
+        sizes = {o["Key"]: o["Size"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+        ordered = [sizes[k] for k in summary["archived_files"]]
+        assert all(size >= 128 * 1024 for size in ordered[:-1]), ordered
 
     def test_rewrite_after_a_crash_with_a_smaller_batch_replaces_the_upload(
         self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch

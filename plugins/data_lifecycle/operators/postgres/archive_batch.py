@@ -86,19 +86,22 @@ class ArchivePipeline:
         try:
             while True:
                 if (reason := self.runner.stop_reason(progress)) is not None:
-                    progress.stopped_by = reason
-                    self.open = None  # its rows were never uploaded; the next run reads them again
-                    self._drain(progress, until=0)
+                    self._stop(progress, reason)
                     return None
                 budget = self.runner.rows_allowed(progress, self.max_rows_per_object) - self._pending_rows()
+                if budget <= 0 and self.in_flight and not self._max_rows_pending(progress):
+                    # Uploads in flight hold the batch's rows: wait for the oldest rather than cut the
+                    # open object early (its cut would then depend on upload timing, not on the rows).
+                    if (stop := self._drain(progress, until=len(self.in_flight) - 1)) is not None:
+                        self._stop(progress, stop)
+                        return None
+                    continue
                 got = self._read(budget, pool) if budget > 0 and not self.exhausted else 0
                 if got == 0:
                     self._cut(pool)
                 stop = self._drain(progress, until=0 if got == 0 else PIPELINE_DEPTH)
                 if stop is not None:
-                    progress.stopped_by = stop
-                    self.open = None
-                    self._drain(progress, until=0)
+                    self._stop(progress, stop)
                     return None
                 if got or not self.exhausted:
                     continue
@@ -119,6 +122,18 @@ class ArchivePipeline:
                     pending.upload.cancel()
             pool.shutdown(wait=True)
             self._unfence()
+
+    def _stop(self, progress: Any, reason: str) -> None:
+        """Stop for ``reason``: finish the verified objects in flight; the open object's rows were
+        never uploaded, so the next run reads them again."""
+        progress.stopped_by = reason
+        self.open = None
+        self._drain(progress, until=0)
+
+    def _max_rows_pending(self, progress: Any) -> bool:
+        """Every row ``max_rows`` still allows is read already (in flight or in the open object)."""
+        max_rows = self.runner.op.max_rows
+        return max_rows is not None and max_rows - progress.deleted - self._pending_rows() <= 0
 
     def _pending_rows(self) -> int:
         return sum(len(p.keys) for p in self.in_flight) + (len(self.open.keys) if self.open else 0)
