@@ -28,7 +28,13 @@ from data_lifecycle.alerts import (
 )
 from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
-from data_lifecycle.facts import BYTES_BEFORE_XCOM, record_bytes_before, s3_rows, write_run_facts
+from data_lifecycle.facts import (
+    BYTES_BEFORE_XCOM,
+    bound_waits,
+    record_bytes_before,
+    s3_rows,
+    write_run_facts,
+)
 from data_lifecycle.policy import Policy
 from data_lifecycle.slack import post_to_slack
 
@@ -334,6 +340,7 @@ def _write_facts(policy: Policy, *, dag_id: str, run_id: str, results: dict[str,
 
     try:
         with PostgresHook(postgres_conn_id=policy.postgres_conn_id).get_conn() as conn:
+            bound_waits(conn)
             write_run_facts(conn, dag_id=dag_id, run_id=run_id, before=before, s3=s3)
     except Exception:
         log.exception("Could not record table sizes and S3 bytes of %s %s", dag_id, run_id)
