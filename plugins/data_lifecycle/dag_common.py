@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,7 +49,9 @@ POSTGRES_POOL = "lifecycle_postgres_heavy"
 S3_POOL = "lifecycle_s3_writes"
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
 IN_ORDER_TASK_ID = "wait_for_earlier_runs"
-# How often a run waiting for the previous interval's run looks again, and how long it waits at most.
+# How often a run waiting for the previous interval's run looks again (LIFECYCLE_IN_ORDER_POKE_SECONDS,
+# 1 to 600), and how long it waits at most.
+IN_ORDER_POKE_ENV = "LIFECYCLE_IN_ORDER_POKE_SECONDS"
 IN_ORDER_POKE_SECONDS = 10
 IN_ORDER_TIMEOUT = timedelta(hours=24)
 
@@ -213,7 +216,7 @@ def in_interval_order(targets: Sequence[Any]) -> Sequence[Any]:
     @task.sensor(
         task_id=IN_ORDER_TASK_ID,
         mode="reschedule",
-        poke_interval=IN_ORDER_POKE_SECONDS,
+        poke_interval=in_order_poke_seconds(),
         timeout=IN_ORDER_TIMEOUT.total_seconds(),
         execution_timeout=timedelta(minutes=5),  # one look, not the whole wait
     )
@@ -237,6 +240,16 @@ def in_interval_order(targets: Sequence[Any]) -> Sequence[Any]:
     gate = wait_for_earlier_runs()
     gate >> list(targets)
     return targets
+
+
+def in_order_poke_seconds() -> int:
+    """``LIFECYCLE_IN_ORDER_POKE_SECONDS`` (1 to 600), else 10."""
+    raw = os.environ.get(IN_ORDER_POKE_ENV, "").strip()
+    if not raw:
+        return IN_ORDER_POKE_SECONDS
+    if not raw.isdigit() or not 1 <= int(raw) <= 600:
+        raise LifecycleConfigError(f"{IN_ORDER_POKE_ENV} must be 1 to 600 seconds, got {raw!r}")
+    return int(raw)
 
 
 def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
