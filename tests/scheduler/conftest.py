@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +113,13 @@ class Airflow:
     services: AirflowServices
     data_db: str
     token: str = ""
+    # What was typed and requested, for the check that the README runbook's commands were run.
+    commands: list[tuple[str, ...]] = field(default_factory=list)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``airflow <args>`` as typed in a shell, in the services' environment."""
+        self.commands.append(args)
         done = subprocess.run(
             [AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=180, check=False
         )
@@ -132,6 +136,7 @@ class Airflow:
         return self._request(method, f"/api/v2{path}", body)
 
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        self.requests.append((method, path.split("?", maxsplit=1)[0], body))
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"

@@ -1,11 +1,12 @@
 """What an on-call engineer does, against the real scheduler, triggerer, api-server and executor.
 
 One scenario per executor, in order (each step needs the state the previous one left): unpause,
-a failed run that then misses its deadline, a backfill of three intervals (each interval records
-exactly the rows due at its cutoff), a clear of its middle run (0 rows), a refused trigger, a
-backfill of three later intervals backwards (exact again), a backfill whose second run waits while
-the first one retries, the kill switch, and a task that fails twice and then succeeds. The commands
-are the README runbook's.
+a failed run that then misses its deadline, a backwards backfill one run at a time whose run ahead
+of the queue refuses, a backfill of three intervals (each interval records exactly the rows due at
+its cutoff), a clear of its middle run (0 rows), a refused trigger, a backfill of three later
+intervals backwards (exact again), a backfill whose second run waits while the first one retries,
+the kill switch, a task that fails twice and then succeeds, and the clear of the failed runs. The
+last step checks that the README runbook's commands are the ones the scenario ran.
 
 The first interval of each backfill carries a backlog deleted in small batches with pauses (seconds
 of work), so runs that acted at the same time would credit its rows to the later intervals.
@@ -14,10 +15,14 @@ of work), so runs that acted at the same time would credit its rows to the later
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -143,17 +148,19 @@ def _backfill(af: Airflow, runs: list[datetime], *extra: str) -> list[dict[str, 
     return af.wait_for_runs(SESSIONS, [r["dag_run_id"] for r in _create_backfill(af, runs, *extra)])
 
 
-def _create_backfill(af: Airflow, runs: list[datetime], *extra: str) -> list[dict[str, Any]]:
+def _create_backfill(
+    af: Airflow, runs: list[datetime], *extra: str, dag_id: str = SESSIONS
+) -> list[dict[str, Any]]:
     """The runbook's ``airflow backfill create``; returns the new runs by logical date."""
-    _wait_for_backfills_complete(af, SESSIONS)
-    before = {r["dag_run_id"] for r in af.runs(SESSIONS)}
-    # Dates are inclusive at 00:00: the day after the last run ends the window before its 02:00 run.
+    _wait_for_backfills_complete(af, dag_id)
+    before = {r["dag_run_id"] for r in af.runs(dag_id)}
+    # Dates are inclusive at 00:00: the day after the last run ends the window before its run.
     af.cli(
-        "backfill", "create", "--dag-id", SESSIONS,
+        "backfill", "create", "--dag-id", dag_id,
         "--from-date", _day(runs[0]), "--to-date", _day(runs[-1] + timedelta(days=1)), *extra,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(new := [r for r in af.runs(SESSIONS) if r["dag_run_id"] not in before]) < len(runs):
+    while len(new := [r for r in af.runs(dag_id) if r["dag_run_id"] not in before]) < len(runs):
         assert time.monotonic() < deadline, new
         time.sleep(0.3)
     assert len(new) == len(runs), new
@@ -184,6 +191,7 @@ class Scenario:
 
     deadline_run: str = ""
     deadline_queued: float = 0.0
+    refused_run: str = ""
 
 
 @pytest.fixture(scope="package")
@@ -238,6 +246,28 @@ def test_failed_target_is_audited_and_noticed_once(
     assert len(notices) == 1, notices
     assert "`delete_users`" in notices[0] and "(try 1)" in notices[0]
     assert "No retry follows" in notices[0]
+
+
+def test_a_backwards_backfill_one_run_at_a_time_refuses_the_run_ahead(
+    airflow: Airflow, scenario: Scenario
+) -> None:
+    # Monthly purge runs of Oct 1 and Nov 1, newest first, one at a time: the Nov run starts while
+    # the Oct run is still queued, so its gate refuses at once and its delete never starts. It is
+    # cleared at the end, after its deadline (a pending one makes Airflow 3.3.2's clear fail).
+    newest = (TODAY.replace(day=1) - timedelta(days=1)).replace(day=1, hour=4)
+    months = [(newest - timedelta(days=1)).replace(day=1), newest]
+    older, newer = _create_backfill(
+        airflow, months, "--run-backwards", "--max-active-runs", "1", dag_id=PURGE
+    )
+    runs = airflow.wait_for_runs(PURGE, [older["dag_run_id"], newer["dag_run_id"]])
+    assert {r["dag_run_id"]: r["state"] for r in runs} == {
+        older["dag_run_id"]: "success",
+        newer["dag_run_id"]: "failed",
+    }
+    states = airflow.task_states(PURGE, newer["dag_run_id"])
+    assert states["wait_for_earlier_runs"] == "failed", states
+    assert {states[t] for t in states if t.startswith("delete_")} == {"upstream_failed"}, states
+    scenario.refused_run = newer["dag_run_id"]
 
 
 def test_backfill_forward_records_each_intervals_rows(airflow: Airflow, sink: SlackSink) -> None:
@@ -391,14 +421,60 @@ def test_clear_of_a_failed_run_after_the_fix(airflow: Airflow, scenario: Scenari
             "UPDATE app.users SET deleted_at = NULL WHERE id IN "
             "(SELECT id FROM app.users WHERE deleted_at IS NOT NULL ORDER BY id LIMIT 3)"
         )
-    failed = [r["dag_run_id"] for r in airflow.runs(PURGE) if r["state"] == "failed"]
-    assert failed == [scenario.deadline_run]
+    failed = sorted(r["dag_run_id"] for r in airflow.runs(PURGE) if r["state"] == "failed")
+    assert failed == sorted([scenario.deadline_run, scenario.refused_run])
+    _wait_for_backfills_complete(airflow, PURGE)
     airflow.cli("tasks", "clear", PURGE, "--only-failed", "-y")
     deadline = time.monotonic() + 60
     while any(r["state"] == "failed" for r in airflow.runs(PURGE)):
         assert time.monotonic() < deadline
-        time.sleep(1)
+        time.sleep(0.5)
     runs = airflow.wait_for_runs(PURGE, failed)
     assert {r["state"] for r in runs} == {"success"}, runs
-    rows = [r for r in _audit(airflow, PURGE) if r["run_id"] in failed and r["task_id"] == "delete_users"]
-    assert [(r["action"], r["rows_affected"]) for r in rows] == [("failed", 0), ("delete", 1)]
+
+    def deletes(run_id: str) -> list[tuple[str, int]]:
+        rows = [r for r in _audit(airflow, PURGE) if r["run_id"] == run_id and r["task_id"] == "delete_users"]
+        return [(r["action"], r["rows_affected"]) for r in rows]
+
+    assert deletes(scenario.deadline_run) == [("failed", 0), ("delete", 1)]
+    # The refused run deleted nothing; its rerun deletes what its own (earlier) cutoff makes due.
+    assert deletes(scenario.refused_run) == [("failed", 0), ("delete", 0)]
+
+
+def test_every_runbook_command_was_run(airflow: Airflow) -> None:
+    """The README's On call commands are ones this scenario ran (dates aside), request for request."""
+    commands, requests, queries = _runbook()
+    assert commands and requests and queries
+    ran = {_undated(args) for args in airflow.commands}
+    assert [c for c in commands if c not in ran] == [], sorted(ran)
+    sent = {(method, path, json.dumps(body, sort_keys=True)) for method, path, body in airflow.requests}
+    assert [r for r in requests if r not in sent] == []
+    assert set(queries) <= {AUDIT_QUERY.replace("%s", f"'{dag_id}'") for dag_id in (SESSIONS, PURGE)}
+
+
+def _runbook() -> tuple[list[tuple[str, ...]], list[tuple[str, str, str]], list[str]]:
+    """``airflow`` commands, REST requests and SQL of the README's On call section."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## On call\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = [" ".join(line.split()) for line in "\n".join(blocks).replace("\\\n", " ").splitlines()]
+    commands, requests, queries = [], [], []
+    for line in filter(None, lines):
+        words = shlex.split(line.split("$(", 1)[-1].rstrip(")"))
+        if words[0] == "airflow":
+            commands.append(_undated(tuple(words[1:])))
+        elif words[0] == "curl":
+            url = next(w for w in words if w.startswith("http"))
+            path = urlsplit(url).path
+            body = words[words.index("-d") + 1] if "-d" in words else "null"
+            method = words[words.index("-X") + 1] if "-X" in words else "GET"
+            requests.append((method, path, json.dumps(json.loads(body), sort_keys=True)))
+        elif words[0] == "psql":
+            queries.append(words[words.index("-c") + 1])
+        else:
+            raise AssertionError(f"README On call: a command the scenario does not know: {line}")
+    return commands, requests, queries
+
+
+def _undated(args: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(re.sub(r"^\d{4}-\d\d-\d\d(T[\d:]+)?$", "<date>", a) for a in args)
