@@ -57,9 +57,9 @@ typecheck: venv
 test: lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The on-call scenario against real Airflow services, LocalExecutor and CeleryExecutor (minutes).
+# Only the on-call scenario against real Airflow services, LocalExecutor and CeleryExecutor (part of make test).
 test-scheduler: venv
-	LIFECYCLE_SCHEDULER_TESTS=1 $(BIN)/pytest tests/scheduler $(PYTEST_ARGS)
+	$(BIN)/pytest tests/scheduler $(PYTEST_ARGS)
 
 stack-up: venv
 	$(STACK) up

@@ -28,10 +28,6 @@ from devstack.settings import (
 )
 
 PATHS = StackPaths()
-# The scheduler suite (real Airflow services on Local and Celery executors, several minutes) runs
-# with `make test-scheduler`; `make test` leaves it out until it is stable beside the rest.
-if os.environ.get("LIFECYCLE_SCHEDULER_TESTS") != "1":
-    collect_ignore = ["scheduler"]
 os.environ.update(stack_environment(PATHS))
 
 import psycopg  # noqa: E402
@@ -75,31 +71,61 @@ def _close_airflow_sessions() -> None:
             print(f"closing Airflow's metadata connections: {exc.__class__.__name__}")
 
 
-def _ensure_template() -> None:
-    """(Re)build the template database when the schema file changed."""
-    digest = hashlib.sha256(SCHEMA_SQL.read_bytes() + LEDGER_SQL.read_bytes()).hexdigest()[:16]
+def ensure_template(name: str, digest: str, build: Callable[[], None]) -> None:
+    """Create database ``name`` with ``build()`` unless it exists built from the same ``digest``.
+
+    The digest is kept as the database's comment; an advisory lock serialises concurrent pytest
+    processes, so one builds and the others wait and reuse it.
+    """
     with admin_connect() as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
         try:
             row = conn.execute(
                 "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (TEMPLATE_DB,),
+                (name,),
             ).fetchone()
             if row and row[0] == digest:
                 return
             if row:
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(TEMPLATE_DB)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
-            with admin_connect(TEMPLATE_DB) as tconn:
-                tconn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
-                tconn.execute(LEDGER_SQL.read_text())  # type: ignore[arg-type]
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            build()
             conn.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(TEMPLATE_DB), sql.Literal(digest)
+                sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(digest))
+            )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+def copy_database(template: str, name: str) -> None:
+    """``CREATE DATABASE name TEMPLATE template`` (under the lock: nobody may be connected to it)."""
+    with admin_connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
+        try:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
                 )
             )
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+
+
+def drop_database(name: str) -> None:
+    with admin_connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _ensure_template() -> None:
+    """(Re)build the DreamSeed template database when the schema files changed."""
+
+    def build() -> None:
+        with admin_connect(TEMPLATE_DB) as conn:
+            conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+            conn.execute(LEDGER_SQL.read_text())  # type: ignore[arg-type]
+
+    digest = hashlib.sha256(SCHEMA_SQL.read_bytes() + LEDGER_SQL.read_bytes()).hexdigest()[:16]
+    ensure_template(TEMPLATE_DB, digest, build)
 
 
 @pytest.fixture
@@ -107,32 +133,14 @@ def pg_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) -> Ite
     """A fresh database with the DreamSeed schema (no rows); ``lifecycle_postgres`` points at it."""
     _ensure_template()
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with admin_connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
-        try:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
-                )
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
-    conn_json = json.dumps(
-        {
-            "conn_type": "postgres",
-            "host": HOST,
-            "port": POSTGRES_PORT,
-            "login": POSTGRES_USER,
-            "schema": name,
-        }
-    )
+    copy_database(TEMPLATE_DB, name)
+    conn_json = postgres_conn(name)
     monkeypatch.setenv("AIRFLOW_CONN_LIFECYCLE_POSTGRES", conn_json)
     # The erasure DAGs' own connection, to the same database (as its owner; the least-privilege
     # tests log in as the erasure role instead).
     monkeypatch.setenv("AIRFLOW_CONN_ERASURE_POSTGRES", conn_json)
     yield name
-    with admin_connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(name)
 
 
 @pytest.fixture
@@ -145,8 +153,7 @@ def ledger_database(local_stack: StackPaths, monkeypatch: pytest.MonkeyPatch) ->
         conn.execute(LEDGER_SQL.read_text())  # type: ignore[arg-type]
     monkeypatch.setenv("AIRFLOW_CONN_ERASURE_LEDGER", postgres_conn(name))
     yield name
-    with admin_connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    drop_database(name)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +29,13 @@ from data_lifecycle.alerts import (
 )
 from data_lifecycle.config_fields import MAX_DAYS
 from data_lifecycle.exceptions import LifecycleConfigError
-from data_lifecycle.facts import BYTES_BEFORE_XCOM, record_bytes_before, s3_rows, write_run_facts
+from data_lifecycle.facts import (
+    BYTES_BEFORE_XCOM,
+    bound_waits,
+    record_bytes_before,
+    s3_rows,
+    write_run_facts,
+)
 from data_lifecycle.policy import Policy
 from data_lifecycle.slack import post_to_slack
 
@@ -42,7 +49,9 @@ POSTGRES_POOL = "lifecycle_postgres_heavy"
 S3_POOL = "lifecycle_s3_writes"
 FAILED_STATES = frozenset({"failed", "upstream_failed"})
 IN_ORDER_TASK_ID = "wait_for_earlier_runs"
-# How often a run waiting for the previous interval's run looks again, and how long it waits at most.
+# How often a run waiting for the previous interval's run looks again (LIFECYCLE_IN_ORDER_POKE_SECONDS,
+# 1 to 600), and how long it waits at most.
+IN_ORDER_POKE_ENV = "LIFECYCLE_IN_ORDER_POKE_SECONDS"
 IN_ORDER_POKE_SECONDS = 10
 IN_ORDER_TIMEOUT = timedelta(hours=24)
 
@@ -207,7 +216,7 @@ def in_interval_order(targets: Sequence[Any]) -> Sequence[Any]:
     @task.sensor(
         task_id=IN_ORDER_TASK_ID,
         mode="reschedule",
-        poke_interval=IN_ORDER_POKE_SECONDS,
+        poke_interval=in_order_poke_seconds(),
         timeout=IN_ORDER_TIMEOUT.total_seconds(),
         execution_timeout=timedelta(minutes=5),  # one look, not the whole wait
     )
@@ -231,6 +240,16 @@ def in_interval_order(targets: Sequence[Any]) -> Sequence[Any]:
     gate = wait_for_earlier_runs()
     gate >> list(targets)
     return targets
+
+
+def in_order_poke_seconds() -> int:
+    """``LIFECYCLE_IN_ORDER_POKE_SECONDS`` (1 to 600), else 10."""
+    raw = os.environ.get(IN_ORDER_POKE_ENV, "").strip()
+    if not raw:
+        return IN_ORDER_POKE_SECONDS
+    if not raw.isdigit() or not 1 <= int(raw) <= 600:
+        raise LifecycleConfigError(f"{IN_ORDER_POKE_ENV} must be 1 to 600 seconds, got {raw!r}")
+    return int(raw)
 
 
 def run_summary(policy: Policy, *, dag_id: str, target_task_ids: Sequence[str]) -> Any:
@@ -334,6 +353,7 @@ def _write_facts(policy: Policy, *, dag_id: str, run_id: str, results: dict[str,
 
     try:
         with PostgresHook(postgres_conn_id=policy.postgres_conn_id).get_conn() as conn:
+            bound_waits(conn)
             write_run_facts(conn, dag_id=dag_id, run_id=run_id, before=before, s3=s3)
     except Exception:
         log.exception("Could not record table sizes and S3 bytes of %s %s", dag_id, run_id)

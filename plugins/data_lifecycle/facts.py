@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 SIZES_TABLE = "app.cleanup_table_sizes"
 S3_BYTES_TABLE = "app.cleanup_s3_bytes"
 BYTES_BEFORE_XCOM = "pg_bytes_before"
+# A size is a report: under a lock held by a migration or a long transaction, give up at once (the
+# task goes on without it) instead of waiting before its own work, which has its own lock timeout.
+MEASURE_LOCK_TIMEOUT = "1s"
+MEASURE_STATEMENT_TIMEOUT = "10s"
 
 _RELATION_BYTES = """
 SELECT CASE WHEN c.relkind = 'p'
@@ -36,11 +40,18 @@ def relation_bytes(conn: Any, table: str) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
+def bound_waits(conn: Any) -> None:
+    """Session timeouts for the measurements (``pg_total_relation_size`` waits for table locks)."""
+    conn.execute("SELECT set_config('lock_timeout', %s, false)", (MEASURE_LOCK_TIMEOUT,))
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (MEASURE_STATEMENT_TIMEOUT,))
+
+
 def tables_sizes(conn_id: str, tables: Sequence[str]) -> dict[str, int | None]:
     from airflow.providers.postgres.hooks.postgres import PostgresHook
 
     with PostgresHook(postgres_conn_id=conn_id).get_conn() as conn:
         conn.autocommit = True
+        bound_waits(conn)
         return {table: relation_bytes(conn, table) for table in tables}
 
 

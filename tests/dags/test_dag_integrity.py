@@ -275,3 +275,28 @@ def test_dag_files_do_no_work_at_parse_time(dagbag):
         os.environ.update(saved)
     assert bag.import_errors == {}
     assert set(bag.dags) == set(dagbag.dags)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(None, 10, id="unset"),
+        pytest.param("2", 2, id="set"),
+        pytest.param("0", "1 to 600", id="zero"),
+        pytest.param("2.5", "1 to 600", id="fraction"),
+        pytest.param("601", "1 to 600", id="too-long"),
+    ],
+)
+def test_in_order_gate_poke_interval_comes_from_the_environment(monkeypatch, raw, expected):
+    from data_lifecycle.dag_common import IN_ORDER_POKE_ENV, in_order_poke_seconds
+    from data_lifecycle.exceptions import LifecycleConfigError
+
+    if raw is None:
+        monkeypatch.delenv(IN_ORDER_POKE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(IN_ORDER_POKE_ENV, raw)
+    if isinstance(expected, int):
+        assert in_order_poke_seconds() == expected
+    else:
+        with pytest.raises(LifecycleConfigError, match=expected):
+            in_order_poke_seconds()

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import psycopg
+import pytest
+
+from data_lifecycle.facts import tables_sizes
+from tests.conftest import admin_connect
 from tests.e2e.conftest import ANCHOR, run_dag
 
 
@@ -36,6 +42,18 @@ def inventory_rows(pg, bucket, day):
 
 
 class TestTableSizes:
+    def test_measuring_a_locked_table_gives_up_at_once(self, pg_database):
+        # A migration's lock must not hold a delete task in its pre_execute measurement: the task
+        # goes on and meets the lock under its own lock timeout (and retries, with a notice).
+        with admin_connect(pg_database) as lock:
+            lock.autocommit = False
+            lock.execute("LOCK TABLE app.sessions IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                tables_sizes("lifecycle_postgres", ["app.sessions"])
+            assert time.monotonic() - started < 5
+            lock.rollback()
+
     def test_a_purge_records_every_changed_table_before_and_after(self, dagbag, dreamseed, pg):
         assert run_dag(dagbag, "purge_soft_deleted").state == "success"
         rows = pg.execute(

@@ -467,27 +467,15 @@ def rewrite_response(
 @contextmanager
 def scratch_database(prefix: str) -> Iterator[str]:
     """A database of our own with the DreamSeed schema, for a module's shared state; dropped after."""
-    from psycopg import sql
-
-    from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+    from tests.conftest import TEMPLATE_DB, _ensure_template, copy_database, drop_database
 
     _ensure_template()
     name = f"{prefix}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    with admin_connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
-        try:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
-                )
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+    copy_database(TEMPLATE_DB, name)
     try:
         yield name
     finally:
-        with admin_connect() as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(name)
 
 
 def postgres_conn_json(dbname: str, login: str = POSTGRES_USER) -> str:

@@ -22,13 +22,12 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from data_lifecycle.erasure.subject_map import (
     DEFAULT_SUBJECT_MAP_FILE,
@@ -46,7 +45,14 @@ from devstack.settings import (
     StackPaths,
     stack_environment,
 )
-from tests.conftest import TEMPLATE_DB, TEMPLATE_LOCK_KEY, _ensure_template, admin_connect
+from tests.conftest import (
+    TEMPLATE_DB,
+    _ensure_template,
+    admin_connect,
+    copy_database,
+    drop_database,
+    ensure_template,
+)
 
 META_TEMPLATE = "airflow_scheduler_template"
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
@@ -56,7 +62,9 @@ POLICY_EDITS = {
     "retry_delay_seconds: 300": "retry_delay_seconds: 2",
     "max_retry_delay_seconds: 3600": "max_retry_delay_seconds: 4",
     "  purge_soft_deleted:\n    notify_success: true": "  purge_soft_deleted:\n    notify_success: true\n    deadline_minutes: 1",
-    "      min_size: 500\n      max_size: 50000": "      min_size: 500\n      max_size: 50000\n      lock_timeout_ms: 500",
+    # Small batches with pauses: a backlog takes seconds, long enough for runs to overlap.
+    "      min_size: 500\n      max_size: 50000": "      min_size: 100\n      max_size: 100\n"
+    "      sleep_seconds: 0.2\n      lock_timeout_ms: 500",
 }
 
 
@@ -71,46 +79,15 @@ def _ensure_meta_template(env: dict[str, str]) -> None:
     digest = hashlib.sha256(
         importlib.metadata.version("apache-airflow").encode() + settings.read_bytes() + key.encode()
     ).hexdigest()[:16]
-    with admin_connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
-        try:
-            row = conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
-                (META_TEMPLATE,),
-            ).fetchone()
-            if row and row[0] == digest:
-                return
-            if row:
-                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(META_TEMPLATE)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(META_TEMPLATE)))
-            migrate_env = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _meta_url(META_TEMPLATE)}
-            subprocess.run([AIRFLOW, "db", "migrate"], env=migrate_env, check=True, capture_output=True)
-            subprocess.run(
-                [sys.executable, "-m", "devstack.airflow_meta"],
-                env=migrate_env,
-                check=True,
-                capture_output=True,
-            )
-            conn.execute(
-                sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    sql.Identifier(META_TEMPLATE), sql.Literal(digest)
-                )
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
 
+    def build() -> None:
+        migrate_env = {**env, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _meta_url(META_TEMPLATE)}
+        subprocess.run([AIRFLOW, "db", "migrate"], env=migrate_env, check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "devstack.airflow_meta"], env=migrate_env, check=True, capture_output=True
+        )
 
-def _copy_database(template: str, name: str) -> None:
-    with admin_connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (TEMPLATE_LOCK_KEY,))
-        try:
-            conn.execute(
-                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-                    sql.Identifier(name), sql.Identifier(template)
-                )
-            )
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (TEMPLATE_LOCK_KEY,))
+    ensure_template(META_TEMPLATE, digest, build)
 
 
 def _create_buckets(smap: Any) -> None:
@@ -127,11 +104,6 @@ def _create_buckets(smap: Any) -> None:
         client.create_bucket(Bucket=entry.bucket)
 
 
-def _drop_database(name: str) -> None:
-    with admin_connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @dataclass
 class Airflow:
     """The running services, and the commands and requests an on-call engineer would use."""
@@ -141,9 +113,13 @@ class Airflow:
     services: AirflowServices
     data_db: str
     token: str = ""
+    # What was typed and requested, for the check that the README runbook's commands were run.
+    commands: list[tuple[str, ...]] = field(default_factory=list)
+    requests: list[tuple[str, str, Any]] = field(default_factory=list)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``airflow <args>`` as typed in a shell, in the services' environment."""
+        self.commands.append(args)
         done = subprocess.run(
             [AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=180, check=False
         )
@@ -160,6 +136,7 @@ class Airflow:
         return self._request(method, f"/api/v2{path}", body)
 
     def _request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        self.requests.append((method, path.split("?", maxsplit=1)[0], body))
         headers = {"Content-Type": "application/json"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
@@ -192,7 +169,7 @@ class Airflow:
                 return runs
             if time.monotonic() > deadline:
                 raise AssertionError(f"{dag_id} runs not finished after {timeout:.0f} s: {runs}")
-            time.sleep(2)
+            time.sleep(0.5)
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
         status, doc = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
@@ -215,8 +192,8 @@ def airflow(
     _ensure_meta_template(base)
     _ensure_template()
     meta_db, data_db = f"airflow_sched_{executor}_{token}", f"sched_{executor}_{token}"
-    _copy_database(META_TEMPLATE, meta_db)
-    _copy_database(TEMPLATE_DB, data_db)
+    copy_database(META_TEMPLATE, meta_db)
+    copy_database(TEMPLATE_DB, data_db)
     policy = DEFAULT_POLICY_FILE.read_text().replace("dreamseed-", f"dreamseed-{token}-")
     for old, new in POLICY_EDITS.items():
         assert old in policy, f"policy file changed: {old!r} not found"
@@ -244,6 +221,8 @@ def airflow(
         ),
         # The DAG files do not change during the suite: parse them once, not every 30 s.
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+        # A run waiting for the previous interval's run looks again every 2 s, not 10.
+        "LIFECYCLE_IN_ORDER_POKE_SECONDS": "2",
     }
     services = AirflowServices(env=env, executor=executor, logs=home / "service-logs", work=home / "work")
     try:
@@ -256,5 +235,5 @@ def airflow(
         )
     finally:
         services.stop()
-        _drop_database(meta_db)
-        _drop_database(data_db)
+        drop_database(meta_db)
+        drop_database(data_db)

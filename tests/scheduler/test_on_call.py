@@ -1,20 +1,28 @@
 """What an on-call engineer does, against the real scheduler, triggerer, api-server and executor.
 
 One scenario per executor, in order (each step needs the state the previous one left): unpause,
-a failed run that then misses its deadline, a backfill of three intervals (each interval records
-exactly the rows due at its cutoff), a clear of its middle run (0 rows), a refused trigger, a
-backfill of three later intervals backwards (exact again), the kill switch, and a task that fails
-twice and then succeeds. The commands are
-the README runbook's.
+a failed run that then misses its deadline, a backwards backfill one run at a time whose run ahead
+of the queue refuses, a backfill of three intervals (each interval records exactly the rows due at
+its cutoff), a clear of its middle run (0 rows), a refused trigger, a backfill of three later
+intervals backwards (exact again), a backfill whose second run waits while the first one retries,
+the kill switch, a task that fails twice and then succeeds, and the clear of the failed runs. The
+last step checks that the README runbook's commands are the ones the scenario ran.
+
+The first interval of each backfill carries a backlog deleted in small batches with pauses (seconds
+of work), so runs that acted at the same time would credit its rows to the later intervals.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -32,11 +40,14 @@ AUDIT_QUERY = (
     "WHERE dag_id = %s ORDER BY id"
 )
 TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-# Daily 02:00 runs: three intervals forward, three later ones backwards.
+# Daily 02:00 runs: three intervals forward, three later ones backwards, two that wait in order.
 FORWARD = [TODAY - timedelta(days=d) + timedelta(hours=2) for d in (10, 9, 8)]
 BACKWARD = [TODAY - timedelta(days=d) + timedelta(hours=2) for d in (6, 5, 4)]
-# Sessions per span between consecutive cutoffs (the first span is the backlog before any cutoff).
-SPANS = [40, 7, 11, 13, 5, 9, 6]
+WAITING = [TODAY - timedelta(days=d) + timedelta(hours=2) for d in (3, 2)]
+# Sessions per span between consecutive cutoffs (the first span is the backlog before any cutoff,
+# the last one is due only for manual runs). Each backfill's first interval is a backlog.
+SPANS = [2000, 7, 11, 1000, 5, 9, 12, 8, 6]
+NEVER_DUE = 400  # sessions expiring in a month: keeps every delete under the 90% guardrail
 
 
 def _day(moment: datetime) -> str:
@@ -44,7 +55,7 @@ def _day(moment: datetime) -> str:
 
 
 def _cutoffs() -> list[datetime]:
-    return [run - GRACE for run in FORWARD + BACKWARD]
+    return [run - GRACE for run in FORWARD + BACKWARD + WAITING]
 
 
 def _load_sessions(af: Airflow) -> None:
@@ -58,8 +69,8 @@ def _load_sessions(af: Airflow) -> None:
         rows = []
         for i, n in enumerate(SPANS):
             upper = cutoffs[i] if i < len(cutoffs) else TODAY - timedelta(days=2)  # due for manual runs
-            rows += [upper - timedelta(minutes=5 + k) for k in range(n)]
-        rows += [TODAY + timedelta(days=30, minutes=k) for k in range(20)]  # never due in this suite
+            rows += [upper - timedelta(seconds=5 + k) for k in range(n)]
+        rows += [TODAY + timedelta(days=30, minutes=k) for k in range(NEVER_DUE)]
         with conn.cursor() as cur:
             cur.executemany(
                 "INSERT INTO app.sessions (user_id, token, created_at, expires_at) VALUES (%s, md5(random()::text), %s, %s)",
@@ -130,23 +141,40 @@ def _wait_for_backfills_complete(af: Airflow, dag_id: str) -> None:
         if all(b["completed_at"] for b in doc["backfills"]):
             return
         assert time.monotonic() < deadline, doc
-        time.sleep(2)
+        time.sleep(1)
 
 
 def _backfill(af: Airflow, runs: list[datetime], *extra: str) -> list[dict[str, Any]]:
-    _wait_for_backfills_complete(af, SESSIONS)
-    before = {r["dag_run_id"] for r in af.runs(SESSIONS)}
-    # Dates are inclusive at 00:00: the day after the last run ends the window before its 02:00 run.
+    return af.wait_for_runs(SESSIONS, [r["dag_run_id"] for r in _create_backfill(af, runs, *extra)])
+
+
+def _create_backfill(
+    af: Airflow, runs: list[datetime], *extra: str, dag_id: str = SESSIONS
+) -> list[dict[str, Any]]:
+    """The runbook's ``airflow backfill create``; returns the new runs by logical date."""
+    _wait_for_backfills_complete(af, dag_id)
+    before = {r["dag_run_id"] for r in af.runs(dag_id)}
+    # Dates are inclusive at 00:00: the day after the last run ends the window before its run.
     af.cli(
-        "backfill", "create", "--dag-id", SESSIONS,
+        "backfill", "create", "--dag-id", dag_id,
         "--from-date", _day(runs[0]), "--to-date", _day(runs[-1] + timedelta(days=1)), *extra,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(new := [r for r in af.runs(SESSIONS) if r["dag_run_id"] not in before]) < len(runs):
+    while len(new := [r for r in af.runs(dag_id) if r["dag_run_id"] not in before]) < len(runs):
         assert time.monotonic() < deadline, new
-        time.sleep(1)
+        time.sleep(0.3)
     assert len(new) == len(runs), new
-    return af.wait_for_runs(SESSIONS, [r["dag_run_id"] for r in new])
+    return sorted(new, key=lambda r: r["logical_date"])
+
+
+def _task_instance(af: Airflow, run_id: str, task_id: str) -> dict[str, Any]:
+    status, doc = af.api("GET", f"/dags/{SESSIONS}/dagRuns/{run_id}/taskInstances/{task_id}")
+    assert status == 200, doc
+    return dict(doc)
+
+
+def _moment(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _trigger(af: Airflow, dag_id: str, conf: dict[str, Any]) -> tuple[int, Any]:
@@ -163,6 +191,7 @@ class Scenario:
 
     deadline_run: str = ""
     deadline_queued: float = 0.0
+    refused_run: str = ""
 
 
 @pytest.fixture(scope="package")
@@ -181,7 +210,7 @@ def test_unpause_runs_the_latest_interval(airflow: Airflow, sink: SlackSink) -> 
         while airflow.api("GET", f"/dags/{dag_id}")[0] != 200:
             airflow.services.check_alive()
             assert time.monotonic() < deadline, f"{dag_id} not parsed"
-            time.sleep(2)
+            time.sleep(0.5)
         airflow.cli("dags", "unpause", dag_id)
     # catchup=False: at most the latest interval runs (on empty tables); wait until it is done and
     # the next run lies in the future, so that it cannot delete what the backfills are due.
@@ -196,7 +225,7 @@ def test_unpause_runs_the_latest_interval(airflow: Airflow, sink: SlackSink) -> 
                 if all(r["state"] in {"success", "failed"} for r in runs):
                     break
             assert time.monotonic() < deadline, (dag, runs)
-            time.sleep(2)
+            time.sleep(0.5)
         assert all(r["state"] == "success" for r in runs), runs
     _load_sessions(airflow)
     _load_soft_deleted_users(airflow)
@@ -219,6 +248,28 @@ def test_failed_target_is_audited_and_noticed_once(
     assert "No retry follows" in notices[0]
 
 
+def test_a_backwards_backfill_one_run_at_a_time_refuses_the_run_ahead(
+    airflow: Airflow, scenario: Scenario
+) -> None:
+    # Monthly purge runs of Oct 1 and Nov 1, newest first, one at a time: the Nov run starts while
+    # the Oct run is still queued, so its gate refuses at once and its delete never starts. It is
+    # cleared at the end, after its deadline (a pending one makes Airflow 3.3.2's clear fail).
+    newest = (TODAY.replace(day=1) - timedelta(days=1)).replace(day=1, hour=4)
+    months = [(newest - timedelta(days=1)).replace(day=1), newest]
+    older, newer = _create_backfill(
+        airflow, months, "--run-backwards", "--max-active-runs", "1", dag_id=PURGE
+    )
+    runs = airflow.wait_for_runs(PURGE, [older["dag_run_id"], newer["dag_run_id"]])
+    assert {r["dag_run_id"]: r["state"] for r in runs} == {
+        older["dag_run_id"]: "success",
+        newer["dag_run_id"]: "failed",
+    }
+    states = airflow.task_states(PURGE, newer["dag_run_id"])
+    assert states["wait_for_earlier_runs"] == "failed", states
+    assert {states[t] for t in states if t.startswith("delete_")} == {"upstream_failed"}, states
+    scenario.refused_run = newer["dag_run_id"]
+
+
 def test_backfill_forward_records_each_intervals_rows(airflow: Airflow, sink: SlackSink) -> None:
     cutoffs = _cutoffs()
     expected = [
@@ -231,7 +282,7 @@ def test_backfill_forward_records_each_intervals_rows(airflow: Airflow, sink: Sl
     recorded = _deleted_per_run(airflow, runs)
     assert recorded == {run: (n, run - GRACE) for run, n in zip(FORWARD, expected, strict=True)}
     assert _due_between(airflow, None, cutoffs[2]) == 0
-    assert _remaining(airflow) == sum(SPANS[3:]) + 20
+    assert _remaining(airflow) == sum(SPANS[3:]) + NEVER_DUE
     for run in runs:  # the Slack summary of each run says the same
         (summary,) = _notices(sink, run["dag_run_id"], ":white_check_mark:")
         rows = recorded[datetime.fromisoformat(run["logical_date"].replace("Z", "+00:00"))][0]
@@ -257,7 +308,7 @@ def test_clear_of_the_middle_run_deletes_nothing(airflow: Airflow) -> None:
         if r["run_id"] == run["dag_run_id"] and r["task_id"] == "delete_sessions"
     ]
     assert [r["rows_affected"] for r in rows] == [SPANS[1], 0]
-    assert _remaining(airflow) == sum(SPANS[3:]) + 20
+    assert _remaining(airflow) == sum(SPANS[3:]) + NEVER_DUE
 
 
 def test_trigger_with_bad_params_is_refused(airflow: Airflow) -> None:
@@ -277,7 +328,39 @@ def test_backfill_backwards_records_each_intervals_rows(airflow: Airflow) -> Non
     assert _deleted_per_run(airflow, runs) == {
         run: (n, run - GRACE) for run, n in zip(BACKWARD, expected, strict=True)
     }
-    assert _remaining(airflow) == SPANS[6] + 20
+    assert _remaining(airflow) == sum(SPANS[6:]) + NEVER_DUE
+
+
+def test_a_backfill_run_waits_while_the_previous_interval_retries(airflow: Airflow, sink: SlackSink) -> None:
+    cutoffs = _cutoffs()
+    expected = [_due_between(airflow, a, b) for a, b in pairwise(cutoffs[5:8])]
+    assert expected == SPANS[6:8]
+    # The first run's delete meets a lock, fails and is retried: its run is still running, so the
+    # second run's gate waits (rescheduled) and its delete does not start until the first succeeded.
+    with airflow.data() as lock:
+        lock.autocommit = False
+        lock.execute("LOCK TABLE app.sessions IN ACCESS EXCLUSIVE MODE")
+        first, second = _create_backfill(airflow, WAITING)
+        deadline = time.monotonic() + 90
+        while True:
+            airflow.services.check_alive()
+            states = airflow.task_states(SESSIONS, second["dag_run_id"])
+            assert states.get("delete_sessions") is None, states
+            waited = states.get("wait_for_earlier_runs") == "up_for_reschedule"
+            if waited and _notices(sink, first["dag_run_id"], ":red_circle:"):
+                break
+            assert time.monotonic() < deadline, (states, sink.messages())
+            time.sleep(0.3)
+        lock.rollback()
+    runs = airflow.wait_for_runs(SESSIONS, [first["dag_run_id"], second["dag_run_id"]])
+    assert {r["state"] for r in runs} == {"success"}, runs
+    assert _deleted_per_run(airflow, runs) == {
+        run: (n, run - GRACE) for run, n in zip(WAITING, expected, strict=True)
+    }
+    ended = _task_instance(airflow, first["dag_run_id"], "delete_sessions")["end_date"]
+    started = _task_instance(airflow, second["dag_run_id"], "delete_sessions")["start_date"]
+    assert _moment(ended) <= _moment(started)
+    assert _remaining(airflow) == SPANS[-1] + NEVER_DUE
 
 
 def test_kill_switch_skips_deletes(airflow: Airflow) -> None:
@@ -290,7 +373,7 @@ def test_kill_switch_skips_deletes(airflow: Airflow) -> None:
         airflow.cli("variables", "set", "lifecycle_destructive_enabled", "true")
     assert done["state"] == "success"
     assert airflow.task_states(SESSIONS, run["dag_run_id"])["delete_sessions"] == "skipped"
-    assert _remaining(airflow) == SPANS[6] + 20
+    assert _remaining(airflow) == SPANS[-1] + NEVER_DUE
 
 
 def test_failing_twice_then_succeeding_posts_one_notice_per_failed_try(
@@ -303,7 +386,7 @@ def test_failing_twice_then_succeeding_posts_one_notice_per_failed_try(
         status, run = _trigger(airflow, SESSIONS, {"dry_run": False})
         assert status == 200, run
         run_id = run["dag_run_id"]
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 90
         while len(_notices(sink, run_id, ":red_circle:")) < 2:
             airflow.services.check_alive()
             assert time.monotonic() < deadline, sink.messages()
@@ -316,7 +399,7 @@ def test_failing_twice_then_succeeding_posts_one_notice_per_failed_try(
     for try_number, text in enumerate(notices, start=1):
         assert f"*{SESSIONS}* task `delete_sessions` failed (try {try_number})" in text
         assert f"Retry follows: try {try_number + 1} of 4 not before " in text
-    assert _remaining(airflow) == 20
+    assert _remaining(airflow) == NEVER_DUE
 
 
 def test_missed_deadline_posts_one_notice(airflow: Airflow, sink: SlackSink, scenario: Scenario) -> None:
@@ -338,14 +421,60 @@ def test_clear_of_a_failed_run_after_the_fix(airflow: Airflow, scenario: Scenari
             "UPDATE app.users SET deleted_at = NULL WHERE id IN "
             "(SELECT id FROM app.users WHERE deleted_at IS NOT NULL ORDER BY id LIMIT 3)"
         )
-    failed = [r["dag_run_id"] for r in airflow.runs(PURGE) if r["state"] == "failed"]
-    assert failed == [scenario.deadline_run]
+    failed = sorted(r["dag_run_id"] for r in airflow.runs(PURGE) if r["state"] == "failed")
+    assert failed == sorted([scenario.deadline_run, scenario.refused_run])
+    _wait_for_backfills_complete(airflow, PURGE)
     airflow.cli("tasks", "clear", PURGE, "--only-failed", "-y")
     deadline = time.monotonic() + 60
     while any(r["state"] == "failed" for r in airflow.runs(PURGE)):
         assert time.monotonic() < deadline
-        time.sleep(1)
+        time.sleep(0.5)
     runs = airflow.wait_for_runs(PURGE, failed)
     assert {r["state"] for r in runs} == {"success"}, runs
-    rows = [r for r in _audit(airflow, PURGE) if r["run_id"] in failed and r["task_id"] == "delete_users"]
-    assert [(r["action"], r["rows_affected"]) for r in rows] == [("failed", 0), ("delete", 1)]
+
+    def deletes(run_id: str) -> list[tuple[str, int]]:
+        rows = [r for r in _audit(airflow, PURGE) if r["run_id"] == run_id and r["task_id"] == "delete_users"]
+        return [(r["action"], r["rows_affected"]) for r in rows]
+
+    assert deletes(scenario.deadline_run) == [("failed", 0), ("delete", 1)]
+    # The refused run deleted nothing; its rerun deletes what its own (earlier) cutoff makes due.
+    assert deletes(scenario.refused_run) == [("failed", 0), ("delete", 0)]
+
+
+def test_every_runbook_command_was_run(airflow: Airflow) -> None:
+    """The README's On call commands are ones this scenario ran (dates aside), request for request."""
+    commands, requests, queries = _runbook()
+    assert commands and requests and queries
+    ran = {_undated(args) for args in airflow.commands}
+    assert [c for c in commands if c not in ran] == [], sorted(ran)
+    sent = {(method, path, json.dumps(body, sort_keys=True)) for method, path, body in airflow.requests}
+    assert [r for r in requests if r not in sent] == []
+    assert set(queries) <= {AUDIT_QUERY.replace("%s", f"'{dag_id}'") for dag_id in (SESSIONS, PURGE)}
+
+
+def _runbook() -> tuple[list[tuple[str, ...]], list[tuple[str, str, str]], list[str]]:
+    """``airflow`` commands, REST requests and SQL of the README's On call section."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## On call\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    lines = [" ".join(line.split()) for line in "\n".join(blocks).replace("\\\n", " ").splitlines()]
+    commands, requests, queries = [], [], []
+    for line in filter(None, lines):
+        words = shlex.split(line.split("$(", 1)[-1].rstrip(")"))
+        if words[0] == "airflow":
+            commands.append(_undated(tuple(words[1:])))
+        elif words[0] == "curl":
+            url = next(w for w in words if w.startswith("http"))
+            path = urlsplit(url).path
+            body = words[words.index("-d") + 1] if "-d" in words else "null"
+            method = words[words.index("-X") + 1] if "-X" in words else "GET"
+            requests.append((method, path, json.dumps(json.loads(body), sort_keys=True)))
+        elif words[0] == "psql":
+            queries.append(words[words.index("-c") + 1])
+        else:
+            raise AssertionError(f"README On call: a command the scenario does not know: {line}")
+    return commands, requests, queries
+
+
+def _undated(args: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(re.sub(r"^\d{4}-\d\d-\d\d(T[\d:]+)?$", "<date>", a) for a in args)
