@@ -4,7 +4,6 @@ rewrites that replace, and a property over generated tables (real PostgreSQL, mo
 from __future__ import annotations
 
 import time
-
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
