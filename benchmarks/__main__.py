@@ -1,7 +1,8 @@
 """``python -m benchmarks [--scale 1] [--only name ...]``: run the benchmarks, save JSON, print the table.
 
 The scale also comes from ``BENCH_SCALE``. Scale 1 (a 2M-row table, 5,000 objects) takes about
-15 minutes on 2 cores; ``--scale 0.001`` is the smoke run of ``tests/test_benchmarks_smoke.py``.
+5 minutes on 2 cores, plus about 2 to build the template once; ``--scale 0.001`` is the smoke run
+of ``tests/test_benchmarks_smoke.py``.
 """
 
 from __future__ import annotations
