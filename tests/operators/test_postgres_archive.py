@@ -132,11 +132,10 @@ class TestArchiveMode:
         )
         assert tokens == ["a b", "a/b", "a_b"]
 
-    def test_objects_are_sized_by_bytes_and_honour_max_batch_size(
-        self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any
-    ) -> None:
-        bucket = make_bucket("archive")
-        add_logs(pg, 30_000, CUTOFF - timedelta(minutes=30_000), timedelta(minutes=1))  # 30,000 due
+    @staticmethod
+    def archive_30k_logs(pg: psycopg.Connection[Any], bucket: str, s3_client: Any) -> list[int]:
+        """Archive-delete 30,000 due log rows; the sizes of the objects, in the order written."""
+        add_logs(pg, 30_000, CUTOFF - timedelta(minutes=30_000), timedelta(minutes=1))
         summary = PostgresBatchedDeleteOperator(
             task_id="logs",
             table="app.app_logs",
@@ -153,19 +152,21 @@ class TestArchiveMode:
             for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
             for o in page.get("Contents", [])
         }
-        ordered = [sizes[k] for k in summary["archived_files"]]
-        # The first batch starts at the default 1,000 rows; after it every object but the last
-        # reaches 128 KiB.
-        assert all(size >= 128 * 1024 for size in ordered[1:-1]), ordered
-        assert len(ordered) <= 30_000 * ordered[0] // 1000 // (128 * 1024) + 3
+        return [sizes[k] for k in summary["archived_files"]]
+
+    def test_objects_are_sized_by_bytes_and_honour_max_batch_size(
+        self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any
+    ) -> None:
+        ordered = self.archive_30k_logs(pg, make_bucket("archive"), s3_client)
+        # Every object but the last reaches 128 KiB, and no more objects than that takes.
+        assert all(size >= 128 * 1024 for size in ordered[:-1]), ordered
+        assert len(ordered) <= sum(ordered) // (128 * 1024) + 1
 
     def test_slow_uploads_do_not_cut_objects_early(
         self, pg: psycopg.Connection[Any], make_bucket: Any, s3_client: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         # Uploads in flight fill the read budget; the open object must wait for them, not be cut
         # small at a row that depends on how long the network took.
-        bucket = make_bucket("archive")
-        add_logs(pg, 30_000, CUTOFF - timedelta(minutes=30_000), timedelta(minutes=1))
         real_write = archive_mod.S3ArchiveWriter.write
 
         def slow_write(self: Any, key: str, encoder: Any) -> Any:
@@ -173,19 +174,7 @@ class TestArchiveMode:
             return real_write(self, key, encoder)
 
         monkeypatch.setattr(archive_mod.S3ArchiveWriter, "write", slow_write)
-        summary = PostgresBatchedDeleteOperator(
-            task_id="logs",
-            table="app.app_logs",
-            timestamp_column="created_at",
-            retention_days=RETENTION_DAYS,
-            min_batch_size=100,
-            max_batch_size=20_000,
-            allow_large_delete=True,
-            archive={"bucket": bucket, "prefix": "db-archive"},
-        ).execute(interval_context())
-        assert summary["deleted"] == 30_000
-        sizes = {o["Key"]: o["Size"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
-        ordered = [sizes[k] for k in summary["archived_files"]]
+        ordered = self.archive_30k_logs(pg, make_bucket("archive"), s3_client)
         assert all(size >= 128 * 1024 for size in ordered[:-1]), ordered
 
     def test_rewrite_after_a_crash_with_a_smaller_batch_replaces_the_upload(
